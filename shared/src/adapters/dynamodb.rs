@@ -1,0 +1,317 @@
+//! The message store on DynamoDB (single table, partition key `pk`).
+//!
+//! Items:
+//! - `MSG#<id>`: a message (its API fields, plus `lease_id`/`lease_expires_at`
+//!   while a delivery attempt holds it);
+//! - `INBOUND#<messaging_provider_id>`: uniqueness guard of an inbound message,
+//!   written in the same transaction as the message.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::domain::{Message, Status};
+use crate::ports::{Claim, Completion, InboundInsert, Lease, MessageStore, StoreError};
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Clone, Debug)]
+pub struct DynamoDbStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDbStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn message_key(id: &str) -> AttributeValue {
+        AttributeValue::S(format!("MSG#{id}"))
+    }
+
+    pub fn inbound_guard_key(provider_id: &str) -> AttributeValue {
+        AttributeValue::S(format!("INBOUND#{provider_id}"))
+    }
+
+    fn message_item(message: &Message) -> Result<Item, StoreError> {
+        let mut item: Item =
+            serde_dynamo::to_item(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        item.insert("pk".into(), Self::message_key(&message.id));
+        Ok(item)
+    }
+
+    async fn get_item(&self, key: AttributeValue) -> Result<Option<Item>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", key)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(output.item)
+    }
+
+    async fn put_inbound(&self, message: &Message, provider_id: &str) -> Result<bool, StoreError> {
+        let guard = Put::builder()
+            .table_name(&self.table)
+            .item("pk", Self::inbound_guard_key(provider_id))
+            .item("message_id", AttributeValue::S(message.id.clone()))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(Self::message_item(message)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(guard).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) => match e.into_service_error() {
+                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(_) => {
+                    Ok(false)
+                }
+                other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
+            },
+        }
+    }
+}
+
+fn unavailable<E: std::error::Error>(e: E) -> StoreError {
+    StoreError::Unavailable(DisplayErrorContext(e).to_string())
+}
+
+fn to_message(item: Item) -> Result<Message, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn rfc3339(t: OffsetDateTime) -> AttributeValue {
+    s(t.format(&Rfc3339).unwrap_or_default())
+}
+
+fn epoch(t: OffsetDateTime) -> AttributeValue {
+    AttributeValue::N(t.unix_timestamp().to_string())
+}
+
+impl MessageStore for DynamoDbStore {
+    async fn insert_outbound(&self, message: &Message) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(Self::message_item(message)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| match e.into_service_error() {
+                e if e.is_conditional_check_failed_exception() => {
+                    StoreError::Conflict(format!("message {} exists", message.id))
+                }
+                e => unavailable(e),
+            })?;
+        Ok(())
+    }
+
+    async fn insert_inbound(&self, message: &Message) -> Result<InboundInsert, StoreError> {
+        let provider_id = message.messaging_provider_id.as_deref().ok_or_else(|| {
+            StoreError::Corrupt("inbound message without messaging_provider_id".into())
+        })?;
+        // A cancelled transaction means the guard exists, or a concurrent writer is
+        // committing it right now: read the guard, and try again while it is absent.
+        for attempt in 0..5u32 {
+            if self.put_inbound(message, provider_id).await? {
+                return Ok(InboundInsert::Created(message.clone()));
+            }
+            if let Some(guard) = self.get_item(Self::inbound_guard_key(provider_id)).await? {
+                let id = match guard.get("message_id") {
+                    Some(AttributeValue::S(id)) => id.clone(),
+                    _ => {
+                        return Err(StoreError::Corrupt(format!(
+                            "inbound guard {provider_id} has no message_id"
+                        )));
+                    }
+                };
+                let first = self.get(&id).await?.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "inbound guard {provider_id} names missing message {id}"
+                    ))
+                })?;
+                return Ok(InboundInsert::Duplicate(first));
+            }
+            tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt + 1))).await;
+        }
+        Err(StoreError::Conflict(format!(
+            "inbound message {provider_id} kept conflicting"
+        )))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        self.get_item(Self::message_key(id))
+            .await?
+            .map(to_message)
+            .transpose()
+    }
+
+    async fn remove_queued(&self, id: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", Self::message_key(id))
+            .condition_expression("#status = :queued")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":queued", s(Status::Queued.as_str()))
+            .send()
+            .await
+            .map_err(|e| match e.into_service_error() {
+                e if e.is_conditional_check_failed_exception() => {
+                    StoreError::Conflict(format!("message {id} is not queued"))
+                }
+                e => unavailable(e),
+            })?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        id: &str,
+        lease: &Lease,
+        now: OffsetDateTime,
+    ) -> Result<Claim, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", Self::message_key(id))
+            .update_expression(
+                "SET #status = :sending, lease_id = :lease, lease_expires_at = :expires, \
+                 attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now",
+            )
+            .condition_expression(
+                "attribute_exists(pk) AND (#status = :queued OR (#status = :sending AND lease_expires_at < :now_epoch))",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":sending", s(Status::Sending.as_str()))
+            .expression_attribute_values(":queued", s(Status::Queued.as_str()))
+            .expression_attribute_values(":lease", s(&lease.id))
+            .expression_attribute_values(":expires", epoch(lease.expires_at))
+            .expression_attribute_values(":now_epoch", epoch(now))
+            .expression_attribute_values(":now", rfc3339(now))
+            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => {
+                let item = output
+                    .attributes
+                    .ok_or_else(|| StoreError::Corrupt("claim returned no item".into()))?;
+                Ok(Claim::Claimed(to_message(item)?))
+            }
+            Err(e) => match e.into_service_error() {
+                e if e.is_conditional_check_failed_exception() => {
+                    // Why not? Read the message to tell the caller.
+                    let Some(item) = self.get_item(Self::message_key(id)).await? else {
+                        return Ok(Claim::NotFound);
+                    };
+                    let until = match item.get("lease_expires_at") {
+                        Some(AttributeValue::N(n)) => n
+                            .parse::<i64>()
+                            .ok()
+                            .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok()),
+                        _ => None,
+                    };
+                    let message = to_message(item)?;
+                    if message.status.is_final() {
+                        Ok(Claim::Settled(message))
+                    } else {
+                        Ok(Claim::Busy {
+                            until: until.unwrap_or(now),
+                        })
+                    }
+                }
+                e => Err(unavailable(e)),
+            },
+        }
+    }
+
+    async fn complete(
+        &self,
+        id: &str,
+        lease_id: &str,
+        completion: &Completion,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", Self::message_key(id))
+            .condition_expression("#status = :sending AND lease_id = :lease")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":sending", s(Status::Sending.as_str()))
+            .expression_attribute_values(":lease", s(lease_id))
+            .expression_attribute_values(":now", rfc3339(now));
+        const CLEAR_LEASE: &str = "REMOVE lease_id, lease_expires_at";
+        let update = match completion {
+            Completion::Sent { provider_message_id } => update
+                .update_expression(format!(
+                    "SET #status = :status, provider_message_id = :pid, next_attempt_at = :null, updated_at = :now {CLEAR_LEASE}"
+                ))
+                .expression_attribute_values(":status", s(Status::Sent.as_str()))
+                .expression_attribute_values(
+                    ":pid",
+                    provider_message_id.clone().map_or(AttributeValue::Null(true), AttributeValue::S),
+                )
+                .expression_attribute_values(":null", AttributeValue::Null(true)),
+            Completion::Failed { reason } => update
+                .update_expression(format!(
+                    "SET #status = :status, last_error = :reason, next_attempt_at = :null, updated_at = :now {CLEAR_LEASE}"
+                ))
+                .expression_attribute_values(":status", s(Status::Failed.as_str()))
+                .expression_attribute_values(":reason", s(reason))
+                .expression_attribute_values(":null", AttributeValue::Null(true)),
+            Completion::Retry {
+                reason,
+                next_attempt_at,
+            } => update
+                .update_expression(format!(
+                    "SET #status = :status, last_error = :reason, next_attempt_at = :next, updated_at = :now {CLEAR_LEASE}"
+                ))
+                .expression_attribute_values(":status", s(Status::Queued.as_str()))
+                .expression_attribute_values(":reason", s(reason))
+                .expression_attribute_values(":next", rfc3339(*next_attempt_at)),
+        };
+        update
+            .send()
+            .await
+            .map_err(|e| match e.into_service_error() {
+                e if e.is_conditional_check_failed_exception() => StoreError::Conflict(format!(
+                    "lease {lease_id} on message {id} is no longer held"
+                )),
+                e => unavailable(e),
+            })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,13 @@
+//! Implementations of the ports: each is the only place that knows its wire format.
+
+pub mod dynamodb;
+pub mod providers;
+pub mod sendgrid;
+pub mod sqs;
+pub mod twilio;
+
+/// Loads the AWS SDK configuration once (region, credentials and endpoints such as
+/// `AWS_ENDPOINT_URL` come from the environment).
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}

@@ -1,0 +1,200 @@
+//! The delivery queue on SQS, and the SQS wire formats: the body of a queued
+//! message and the Lambda SQS event the delivery function receives.
+
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::DisplayErrorContext;
+use serde::{Deserialize, Serialize};
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lambda_runtime::LambdaEvent;
+use tokio::time::Instant;
+
+use crate::delivery::{Deliverer, DeliveryRecord};
+use crate::ports::{DeliveryQueue, MessageStore, Provider, QueueError};
+
+/// Longest visibility timeout SQS accepts (12 hours).
+const MAX_VISIBILITY_SECS: u64 = 12 * 60 * 60;
+
+#[derive(Clone, Debug)]
+pub struct SqsQueue {
+    client: Client,
+    queue_url: String,
+}
+
+impl SqsQueue {
+    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+}
+
+/// The body of a queued message: just the id; the table holds the message.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct QueuedMessage {
+    id: String,
+}
+
+pub fn encode_body(message_id: &str) -> String {
+    serde_json::json!({ "id": message_id }).to_string()
+}
+
+/// The message id in a queued body, or why there is none.
+pub fn decode_body(body: &str) -> Result<String, String> {
+    match serde_json::from_str::<QueuedMessage>(body) {
+        Ok(q) if !q.id.trim().is_empty() => Ok(q.id),
+        Ok(_) => Err("queued body has an empty id".to_owned()),
+        Err(e) => Err(format!("queued body is not {{\"id\": ...}}: {e}")),
+    }
+}
+
+impl DeliveryQueue for SqsQueue {
+    async fn enqueue(&self, message_id: &str) -> Result<(), QueueError> {
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(encode_body(message_id))
+            .send()
+            .await
+            .map_err(|e| QueueError::Unavailable(DisplayErrorContext(e).to_string()))?;
+        Ok(())
+    }
+
+    async fn postpone(&self, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {
+        let secs = delay
+            .as_secs_f64()
+            .ceil()
+            .clamp(0.0, MAX_VISIBILITY_SECS as f64) as i32;
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(secs)
+            .send()
+            .await
+            .map_err(|e| QueueError::Unavailable(DisplayErrorContext(e).to_string()))?;
+        Ok(())
+    }
+}
+
+/// The records of a Lambda SQS event, as delivery records.
+pub fn delivery_records(event: &SqsEvent) -> Vec<DeliveryRecord> {
+    event
+        .records
+        .iter()
+        .map(|r| DeliveryRecord {
+            queue_message_id: r.message_id.clone().unwrap_or_default(),
+            receipt_handle: r.receipt_handle.clone().unwrap_or_default(),
+            message_id: r
+                .body
+                .as_deref()
+                .ok_or_else(|| "record has no body".to_owned())
+                .and_then(decode_body),
+            receive_count: r
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1),
+        })
+        .collect()
+}
+
+/// Runs one Lambda invocation of the delivery function: every record of the
+/// event, concurrently, within the invocation's deadline.
+pub async fn handle_event<S, Q, P>(
+    deliverer: &Deliverer<S, Q, P>,
+    event: LambdaEvent<SqsEvent>,
+) -> SqsBatchResponse
+where
+    S: MessageStore,
+    Q: DeliveryQueue,
+    P: Provider,
+{
+    let records = delivery_records(&event.payload);
+    let deadline = deadline_instant(event.context.deadline, SystemTime::now());
+    let failed = deliverer.deliver_batch(&records, deadline).await;
+    tracing::info!(
+        request_id = %event.context.request_id,
+        records = records.len(),
+        failed = failed.len(),
+        "batch handled"
+    );
+    batch_response(failed)
+}
+
+/// Lambda's deadline (epoch milliseconds) as a monotonic instant.
+fn deadline_instant(deadline_ms: u64, now: SystemTime) -> Option<Instant> {
+    let deadline = UNIX_EPOCH.checked_add(Duration::from_millis(deadline_ms))?;
+    let remaining = deadline.duration_since(now).unwrap_or_default();
+    (deadline_ms > 0).then(|| Instant::now() + remaining)
+}
+
+/// The partial batch response naming the records to receive again.
+pub fn batch_response(failed_queue_message_ids: Vec<String>) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failed_queue_message_ids
+        .into_iter()
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip() {
+        let body = encode_body("0192f0a0-0000-7000-8000-000000000001");
+        assert_eq!(body, r#"{"id":"0192f0a0-0000-7000-8000-000000000001"}"#);
+        assert_eq!(
+            decode_body(&body).unwrap(),
+            "0192f0a0-0000-7000-8000-000000000001"
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_explained() {
+        for bad in ["", "not json", "{}", r#"{"id": ""}"#, r#"{"id": 5}"#] {
+            assert!(decode_body(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn records_come_from_the_lambda_event() {
+        let event: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [
+            {"messageId": "m1", "receiptHandle": "r1", "body": "{\"id\":\"a\"}",
+             "attributes": {"ApproximateReceiveCount": "3"}, "messageAttributes": {},
+             "eventSource": "aws:sqs"},
+            {"messageId": "m2", "receiptHandle": "r2", "body": "garbage",
+             "attributes": {}, "messageAttributes": {}}
+        ]}))
+        .unwrap();
+        let records = delivery_records(&event);
+        assert_eq!(records[0].message_id.as_deref(), Ok("a"));
+        assert_eq!(records[0].receive_count, 3);
+        assert_eq!(records[0].receipt_handle, "r1");
+        assert!(records[1].message_id.is_err());
+        assert_eq!(records[1].receive_count, 1);
+    }
+
+    #[test]
+    fn batch_response_names_only_failures() {
+        let json = serde_json::to_value(batch_response(vec!["m2".into()])).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"batchItemFailures": [{"itemIdentifier": "m2"}]})
+        );
+        let json = serde_json::to_value(batch_response(vec![])).unwrap();
+        assert_eq!(json, serde_json::json!({"batchItemFailures": []}));
+    }
+}

@@ -1,0 +1,191 @@
+//! SMS and MMS through the Twilio Messages API:
+//! `POST {base}/2010-04-01/Accounts/{sid}/Messages.json`, form-encoded, HTTP Basic
+//! auth `sid:token`, `201 Created` with the message `sid`.
+
+use serde::Deserialize;
+
+use super::providers::{classify_status, classify_transport, truncate};
+use crate::domain::Message;
+use crate::ports::{Accepted, ProviderError};
+
+#[derive(Clone)]
+pub struct Twilio {
+    client: reqwest::Client,
+    endpoint: String,
+    account_sid: String,
+    auth_token: String,
+}
+
+impl std::fmt::Debug for Twilio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Twilio")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct Created {
+    sid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TwilioError {
+    code: Option<i64>,
+    message: Option<String>,
+}
+
+impl Twilio {
+    pub fn new(
+        client: reqwest::Client,
+        api_url: &str,
+        account_sid: &str,
+        auth_token: &str,
+    ) -> Self {
+        Self {
+            client,
+            endpoint: format!(
+                "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
+                api_url.trim_end_matches('/')
+            ),
+            account_sid: account_sid.to_owned(),
+            auth_token: auth_token.to_owned(),
+        }
+    }
+
+    /// The form fields of a Messages API request: `To`, `From`, `Body` (omitted when
+    /// empty, which Twilio allows for MMS) and one `MediaUrl` per attachment.
+    pub fn form(message: &Message) -> Vec<(&'static str, &str)> {
+        let mut form = vec![("To", message.to.as_str()), ("From", message.from.as_str())];
+        if !message.body.is_empty() {
+            form.push(("Body", message.body.as_str()));
+        }
+        form.extend(
+            message
+                .attachment_urls()
+                .iter()
+                .map(|url| ("MediaUrl", url.as_str())),
+        );
+        form
+    }
+
+    pub fn request(&self, message: &Message) -> reqwest::RequestBuilder {
+        self.client
+            .post(&self.endpoint)
+            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .form(&Self::form(message))
+    }
+
+    pub async fn send(&self, message: &Message) -> Result<Accepted, ProviderError> {
+        let response = self
+            .request(message)
+            .send()
+            .await
+            .map_err(|e| classify_transport("twilio", &e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            let sid = serde_json::from_str::<Created>(&text)
+                .ok()
+                .and_then(|c| c.sid);
+            return Ok(Accepted {
+                provider_message_id: sid,
+            });
+        }
+        let detail = match serde_json::from_str::<TwilioError>(&text) {
+            Ok(TwilioError {
+                message: Some(m),
+                code: Some(c),
+            }) => format!("{m} (code {c})"),
+            Ok(TwilioError {
+                message: Some(m), ..
+            }) => m,
+            _ => truncate(&text, 300),
+        };
+        Err(classify_status("twilio", status, &headers, &detail))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Channel, Direction, NewMessage};
+
+    fn message(channel: Channel, body: &str, attachments: Option<Vec<String>>) -> Message {
+        Message::accept(
+            NewMessage {
+                channel,
+                from: "+18045551234".into(),
+                to: "+12016661234".into(),
+                body: body.into(),
+                attachments,
+                timestamp: None,
+                messaging_provider_id: None,
+            },
+            Direction::Outbound,
+            time::OffsetDateTime::now_utc(),
+        )
+    }
+
+    #[test]
+    fn sms_form_fields() {
+        let m = message(Channel::Sms, "Hello & bye", None);
+        assert_eq!(
+            Twilio::form(&m),
+            vec![
+                ("To", "+12016661234"),
+                ("From", "+18045551234"),
+                ("Body", "Hello & bye")
+            ]
+        );
+    }
+
+    #[test]
+    fn mms_sends_one_media_url_per_attachment_and_may_omit_the_body() {
+        let m = message(
+            Channel::Mms,
+            "",
+            Some(vec![
+                "https://e.com/a.png".into(),
+                "https://e.com/b.gif".into(),
+            ]),
+        );
+        assert_eq!(
+            Twilio::form(&m),
+            vec![
+                ("To", "+12016661234"),
+                ("From", "+18045551234"),
+                ("MediaUrl", "https://e.com/a.png"),
+                ("MediaUrl", "https://e.com/b.gif"),
+            ]
+        );
+    }
+
+    #[test]
+    fn request_has_the_messages_url_basic_auth_and_form_body() {
+        let twilio = Twilio::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:4010/",
+            "AC123",
+            "tok",
+        );
+        let request = twilio
+            .request(&message(Channel::Sms, "hi there", None))
+            .build()
+            .unwrap();
+        assert_eq!(request.method(), "POST");
+        assert_eq!(
+            request.url().as_str(),
+            "http://127.0.0.1:4010/2010-04-01/Accounts/AC123/Messages.json"
+        );
+        // base64("AC123:tok")
+        assert_eq!(request.headers()["authorization"], "Basic QUMxMjM6dG9r");
+        assert_eq!(
+            request.headers()["content-type"],
+            "application/x-www-form-urlencoded"
+        );
+        let body = std::str::from_utf8(request.body().unwrap().as_bytes().unwrap()).unwrap();
+        assert_eq!(body, "To=%2B12016661234&From=%2B18045551234&Body=hi+there");
+    }
+}

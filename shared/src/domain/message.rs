@@ -1,0 +1,183 @@
+//! Messages as the API and the store see them.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{ConversationKey, Status};
+
+/// The channel a message travels on (the API's `type` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Sms,
+    Mms,
+    Email,
+}
+
+impl Channel {
+    pub const ALL: [Self; 3] = [Self::Sms, Self::Mms, Self::Email];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Sms => "sms",
+            Self::Mms => "mms",
+            Self::Email => "email",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// SMS and MMS share phone numbers (and a conversation); email has its own.
+    pub const fn is_phone(self) -> bool {
+        matches!(self, Self::Sms | Self::Mms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+/// Time-sortable message id (UUIDv7).
+pub type MessageId = String;
+
+pub fn new_message_id() -> MessageId {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// A message that passed validation and is about to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub channel: Channel,
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    pub attachments: Option<Vec<String>>,
+    pub timestamp: Option<OffsetDateTime>,
+    pub messaging_provider_id: Option<String>,
+}
+
+/// A stored message. Serializes to the API's JSON representation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub direction: Direction,
+    #[serde(rename = "type")]
+    pub channel: Channel,
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    pub attachments: Option<Vec<String>>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messaging_provider_id: Option<String>,
+    pub conversation_id: String,
+    pub status: Status,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub provider_message_id: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Message {
+    /// Builds the stored form of a validated message received at `now`.
+    pub fn accept(new: NewMessage, direction: Direction, now: OffsetDateTime) -> Self {
+        let conversation_id = ConversationKey::new(new.channel, &new.from, &new.to).id();
+        let status = match direction {
+            Direction::Outbound => Status::Queued,
+            Direction::Inbound => Status::Received,
+        };
+        Self {
+            id: new_message_id(),
+            direction,
+            channel: new.channel,
+            from: new.from,
+            to: new.to,
+            body: new.body,
+            attachments: new.attachments,
+            timestamp: new.timestamp.unwrap_or(now),
+            messaging_provider_id: new.messaging_provider_id,
+            conversation_id,
+            status,
+            attempts: 0,
+            last_error: None,
+            provider_message_id: None,
+            next_attempt_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Attachment URLs, empty when the message has none.
+    pub fn attachment_urls(&self) -> &[String] {
+        self.attachments.as_deref().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn new_sms() -> NewMessage {
+        NewMessage {
+            channel: Channel::Sms,
+            from: "+18045551234".into(),
+            to: "+12016661234".into(),
+            body: "hi".into(),
+            attachments: None,
+            timestamp: None,
+            messaging_provider_id: None,
+        }
+    }
+
+    #[test]
+    fn outbound_starts_queued_and_inbound_received() {
+        let now = datetime!(2024-11-01 14:00 UTC);
+        let out = Message::accept(new_sms(), Direction::Outbound, now);
+        assert_eq!(out.status, Status::Queued);
+        assert_eq!(
+            out.timestamp, now,
+            "timestamp defaults to the time received"
+        );
+        let inbound = Message::accept(new_sms(), Direction::Inbound, now);
+        assert_eq!(inbound.status, Status::Received);
+        assert_ne!(out.id, inbound.id);
+    }
+
+    #[test]
+    fn serializes_with_the_api_field_names() {
+        let now = datetime!(2024-11-01 14:00 UTC);
+        let msg = Message::accept(new_sms(), Direction::Outbound, now);
+        let json = serde_json::to_value(&msg).unwrap();
+        assert_eq!(json["type"], "sms");
+        assert_eq!(json["direction"], "outbound");
+        assert_eq!(json["status"], "queued");
+        assert_eq!(json["timestamp"], "2024-11-01T14:00:00Z");
+        assert_eq!(json["attachments"], serde_json::Value::Null);
+        assert!(json.get("messaging_provider_id").is_none());
+        let back: Message = serde_json::from_value(json).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn ids_are_time_sortable() {
+        let a = new_message_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_message_id();
+        assert!(a < b);
+    }
+}

@@ -1,0 +1,13 @@
+//! The messaging domain: pure types and rules, no AWS or HTTP types.
+
+mod conversation;
+mod message;
+mod retry;
+mod status;
+pub mod validation;
+
+pub use conversation::ConversationKey;
+pub use message::{Channel, Direction, Message, MessageId, NewMessage};
+pub use retry::RetryPolicy;
+pub use status::{Status, Transition};
+pub use validation::{FieldError, validate_inbound, validate_outbound};

@@ -1,0 +1,89 @@
+//! When to try a failed delivery again.
+
+use std::time::Duration;
+
+/// Exponential backoff with full jitter, capped, honouring a provider's `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+    /// Receives after which a retryable failure becomes final (the queue's
+    /// `maxReceiveCount`, so the message is marked failed before it would reach the DLQ).
+    pub max_receives: u32,
+}
+
+/// SQS accepts visibility timeouts of at most 12 hours.
+const MAX_DELAY: Duration = Duration::from_secs(12 * 60 * 60);
+
+impl RetryPolicy {
+    /// Delay before attempt `attempt + 1`, given a random `jitter` in `0.0..=1.0`.
+    /// A provider's `Retry-After` wins when it asks for longer.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.cap);
+        let jittered = exp.mul_f64(jitter.clamp(0.0, 1.0)).max(self.base.min(exp));
+        retry_after
+            .map_or(jittered, |ra| ra.max(jittered))
+            .min(MAX_DELAY)
+    }
+
+    /// Whether the receive with this count is the last one the queue allows.
+    pub fn is_last_receive(&self, receive_count: u32) -> bool {
+        receive_count >= self.max_receives
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(60),
+            max_receives: 5,
+        }
+    }
+
+    #[test]
+    fn grows_exponentially_up_to_the_cap() {
+        let p = policy();
+        assert_eq!(p.delay(1, None, 1.0), Duration::from_secs(2));
+        assert_eq!(p.delay(2, None, 1.0), Duration::from_secs(4));
+        assert_eq!(p.delay(3, None, 1.0), Duration::from_secs(8));
+        assert_eq!(p.delay(10, None, 1.0), Duration::from_secs(60));
+        assert_eq!(p.delay(u32::MAX, None, 1.0), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn jitter_stays_between_base_and_the_exponential_step() {
+        let p = policy();
+        assert_eq!(p.delay(4, None, 0.0), Duration::from_secs(2));
+        assert_eq!(p.delay(4, None, 0.5), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn retry_after_wins_when_longer() {
+        let p = policy();
+        let ra = Some(Duration::from_secs(30));
+        assert_eq!(p.delay(1, ra, 1.0), Duration::from_secs(30));
+        assert_eq!(
+            p.delay(6, Some(Duration::from_secs(1)), 1.0),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(100_000)), 1.0),
+            MAX_DELAY
+        );
+    }
+
+    #[test]
+    fn last_receive_is_the_queue_limit() {
+        let p = policy();
+        assert!(!p.is_last_receive(4));
+        assert!(p.is_last_receive(5));
+        assert!(p.is_last_receive(6));
+    }
+}

@@ -1,0 +1,12 @@
+//! The messaging service's library: the domain (pure rules), the ports it needs,
+//! the adapters that implement them on AWS and the providers, and the API and
+//! delivery logic the Lambda functions wire together.
+
+pub mod adapters;
+pub mod api;
+pub mod config;
+pub mod delivery;
+pub mod domain;
+pub mod http;
+pub mod ports;
+pub mod telemetry;

@@ -1,0 +1,149 @@
+//! The traits the application needs from the outside world. Adapters in
+//! [`crate::adapters`] implement them; tests may substitute their own.
+
+use std::future::Future;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::domain::Message;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store answered, but the write's condition did not hold.
+    #[error("conditional write rejected: {0}")]
+    Conflict(String),
+    /// An item could not be read back as a message.
+    #[error("stored item is malformed: {0}")]
+    Corrupt(String),
+    /// The store could not be reached or failed.
+    #[error("message store unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("delivery queue unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Result of storing an inbound message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundInsert {
+    Created(Message),
+    /// A message with the same `messaging_provider_id` exists: here it is, unchanged.
+    Duplicate(Message),
+}
+
+/// A time-bound right to deliver one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub id: String,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Result of trying to claim a message for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The caller now holds the lease; `message.attempts` counts this attempt.
+    Claimed(Message),
+    /// Another delivery holds a live lease until the given time.
+    Busy {
+        until: OffsetDateTime,
+    },
+    /// The message is `sent` or `failed`: nothing to do.
+    Settled(Message),
+    NotFound,
+}
+
+/// How a delivery attempt ended, recorded under the lease that made it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completion {
+    Sent {
+        provider_message_id: Option<String>,
+    },
+    Failed {
+        reason: String,
+    },
+    Retry {
+        reason: String,
+        next_attempt_at: OffsetDateTime,
+    },
+}
+
+pub trait MessageStore: Send + Sync {
+    /// Stores a new outbound message; fails with `Conflict` if its id exists.
+    fn insert_outbound(
+        &self,
+        message: &Message,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stores a new inbound message unless one with the same provider id exists.
+    fn insert_inbound(
+        &self,
+        message: &Message,
+    ) -> impl Future<Output = Result<InboundInsert, StoreError>> + Send;
+
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Message>, StoreError>> + Send;
+
+    /// Removes an outbound message that is still `queued` (undoing an accept whose
+    /// enqueue failed).
+    fn remove_queued(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Takes the delivery lease of a `queued` message, or of a `sending` one whose
+    /// lease expired before `now`.
+    fn claim(
+        &self,
+        id: &str,
+        lease: &Lease,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Records the outcome of an attempt; `Conflict` if the lease was lost.
+    fn complete(
+        &self,
+        id: &str,
+        lease_id: &str,
+        completion: &Completion,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+pub trait DeliveryQueue: Send + Sync {
+    /// Queues a message id for delivery.
+    fn enqueue(&self, message_id: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Hides a received queue message for `delay` (how a retry is scheduled).
+    fn postpone(
+        &self,
+        receipt_handle: &str,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// Why a provider did not accept a message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// Worth trying again later: throttled, server error, timeout, connection failure.
+    #[error("{reason}")]
+    Retryable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// The provider refused this message; sending it again would fail the same way.
+    #[error("{reason}")]
+    Rejected { reason: String },
+}
+
+/// The provider accepted the message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub provider_message_id: Option<String>,
+}
+
+pub trait Provider: Send + Sync {
+    fn send(
+        &self,
+        message: &Message,
+    ) -> impl Future<Output = Result<Accepted, ProviderError>> + Send;
+}
