@@ -42,7 +42,8 @@ impl DynamoDbStore {
         AttributeValue::S(format!("INBOUND#{provider_id}"))
     }
 
-    fn message_item(message: &Message) -> Result<Item, StoreError> {
+    /// The item a message is stored as.
+    pub fn message_item(message: &Message) -> Result<Item, StoreError> {
         let mut item: Item =
             serde_dynamo::to_item(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         item.insert("pk".into(), Self::message_key(&message.id));

@@ -1,0 +1,205 @@
+//! Support for the integration and end-to-end suites in `tests/`: the running
+//! local stack's coordinates (from the environment `cargo xtask test` sets), and
+//! clients for the API, the provider simulator, DynamoDB and SQS.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use shared::adapters::dynamodb::DynamoDbStore;
+use shared::adapters::sqs::SqsQueue;
+
+/// A variable `cargo xtask test` sets; these suites need the local stack.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: these tests run against the local stack; use `cargo xtask test`")
+    })
+}
+
+pub async fn aws() -> aws_config::SdkConfig {
+    shared::adapters::aws_config().await
+}
+
+pub async fn store() -> DynamoDbStore {
+    DynamoDbStore::new(
+        aws_sdk_dynamodb::Client::new(&aws().await),
+        env("TABLE_NAME"),
+    )
+}
+
+pub async fn queue() -> SqsQueue {
+    SqsQueue::new(aws_sdk_sqs::Client::new(&aws().await), env("QUEUE_URL"))
+}
+
+/// A random North American number in E.164, so concurrent tests never share a recipient.
+pub fn phone() -> String {
+    format!("+1555{:07}", rand_u32() % 10_000_000)
+}
+
+pub fn email() -> String {
+    format!("contact-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+/// A marker to find what a test stored (or make sure it stored nothing).
+pub fn marker() -> String {
+    format!("marker-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn rand_u32() -> u32 {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+/// Message items whose body contains `marker` (a test-only scan).
+pub async fn stored_with_marker(marker: &str) -> usize {
+    let client = aws_sdk_dynamodb::Client::new(&aws().await);
+    let mut count = 0;
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(env("TABLE_NAME"))
+            .filter_expression("contains(body, :m)")
+            .expression_attribute_values(
+                ":m",
+                aws_sdk_dynamodb::types::AttributeValue::S(marker.to_owned()),
+            )
+            .set_exclusive_start_key(start)
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("scan");
+        count += page.items.unwrap_or_default().len();
+        start = page.last_evaluated_key;
+        if start.is_none() {
+            return count;
+        }
+    }
+}
+
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub json: Value,
+}
+
+impl Api {
+    pub fn new() -> Self {
+        Self {
+            base: env("MESSAGING_API_URL"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Answer {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("API request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("API body");
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("API answered {status} with non-JSON: {text}"));
+        Answer {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    /// Polls `GET /messages/{id}` until `done` holds (or panics after `timeout`).
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let answer = self.get(&format!("/messages/{id}")).await;
+            assert_eq!(answer.status, 200, "GET /messages/{id}: {}", answer.json);
+            if done(&answer.json) {
+                return answer.json;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "message {id} did not settle within {timeout:?}: {}",
+                    answer.json
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The provider simulator's control API.
+pub struct Simulator {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Simulator {
+    pub fn new() -> Self {
+        Self {
+            base: env("PROVIDER_SIM_URL"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Requests the simulator received for `to`, in arrival order.
+    pub async fn requests_to(&self, to: &str) -> Vec<Value> {
+        let response = self
+            .http
+            .get(format!("{}/_sim/requests", self.base))
+            .query(&[("to", to)])
+            .send()
+            .await
+            .expect("simulator");
+        let mut list: Vec<Value> = response.json().await.expect("simulator JSON");
+        list.sort_by_key(|r| r["seq"].as_u64());
+        list
+    }
+
+    /// The next `times` requests to `to` are answered with `status`.
+    pub async fn fail_next(&self, to: &str, status: u16, times: u32, retry_after: Option<&str>) {
+        let mut rule = serde_json::json!({"to": to, "status": status, "times": times});
+        if let Some(ra) = retry_after {
+            rule["retry_after"] = ra.into();
+        }
+        let response = self
+            .http
+            .post(format!("{}/_sim/rules", self.base))
+            .json(&rule)
+            .send()
+            .await
+            .expect("simulator");
+        assert_eq!(response.status(), 201, "simulator rule refused");
+    }
+}
+
+impl Default for Simulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}

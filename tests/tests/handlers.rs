@@ -1,0 +1,197 @@
+//! Handler tests driven by the Lambda event fixtures in `events/` — the same files
+//! `sam local invoke -e` and `cargo lambda invoke --data-file` take — run through
+//! the functions' handlers with the real adapters against the local stack.
+
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use e2e_tests::{env, queue, store};
+use lambda_http::{Body, Response};
+use serde_json::Value;
+use shared::adapters::dynamodb::DynamoDbStore;
+use shared::adapters::providers::{Providers, http_client};
+use shared::adapters::sqs::{batch_response, delivery_records};
+use shared::api;
+use shared::config::Config;
+use shared::delivery::Deliverer;
+use shared::domain::{Direction, Message, Status, validate_outbound};
+use shared::ports::MessageStore;
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn http_event(name: &str) -> lambda_http::Request {
+    lambda_http::request::from_str(&fixture(name))
+        .unwrap_or_else(|e| panic!("{name} is not an API Gateway event: {e}"))
+}
+
+fn json(response: &Response<Body>) -> Value {
+    serde_json::from_slice(response.body().as_ref()).expect("JSON body")
+}
+
+fn error_fields(body: &Value) -> Vec<&str> {
+    body["errors"]
+        .as_array()
+        .expect("errors list")
+        .iter()
+        .map(|e| e["field"].as_str().unwrap_or("-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn outbound_fixtures_are_queued() {
+    let (store, queue) = (store().await, queue().await);
+    for (name, channel) in [
+        ("outbound-sms.json", "sms"),
+        ("outbound-mms.json", "mms"),
+        ("outbound-email.json", "email"),
+    ] {
+        let response = api::handle_outbound(&store, &queue, http_event(name)).await;
+        let body = json(&response);
+        assert_eq!(response.status(), 202, "{name}: {body}");
+        assert_eq!(body["status"], "queued");
+        assert_eq!(body["direction"], "outbound");
+        assert_eq!(body["type"], channel);
+        assert_eq!(body["timestamp"], "2024-11-01T14:00:00Z");
+        let id = body["id"].as_str().expect("id");
+        assert_eq!(
+            response.headers()["location"],
+            format!("/messages/{id}").as_str()
+        );
+        let stored = store.get(id).await.unwrap().expect("stored");
+        assert_eq!(stored.status, Status::Queued, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn outbound_bad_fixtures_get_4xx() {
+    let (store, queue) = (store().await, queue().await);
+    let response = api::handle_outbound(&store, &queue, http_event("outbound-invalid.json")).await;
+    assert_eq!(response.status(), 422);
+    assert_eq!(
+        error_fields(&json(&response)),
+        vec!["from", "attachments", "body"]
+    );
+
+    let response =
+        api::handle_outbound(&store, &queue, http_event("outbound-malformed-json.json")).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(error_fields(&json(&response)), vec!["body"]);
+
+    let response = api::handle_outbound(
+        &store,
+        &queue,
+        http_event("outbound-wrong-content-type.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 415);
+    assert_eq!(error_fields(&json(&response)), vec!["content-type"]);
+}
+
+#[tokio::test]
+async fn inbound_fixture_is_stored_once() {
+    let store = store().await;
+    let first = api::handle_inbound(&store, http_event("inbound-sms.json")).await;
+    // The fixture's provider id may already be stored by an earlier run on the same table.
+    assert!(
+        matches!(first.status().as_u16(), 200 | 201),
+        "{}",
+        json(&first)
+    );
+    let first = json(&first);
+    assert_eq!(first["status"], "received");
+    assert_eq!(first["direction"], "inbound");
+    assert_eq!(first["messaging_provider_id"], "fixture-abc123");
+
+    let again = api::handle_inbound(&store, http_event("inbound-sms.json")).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        json(&again)["id"],
+        first["id"],
+        "a repeated provider id returns the first message"
+    );
+
+    let response =
+        api::handle_inbound(&store, http_event("inbound-missing-provider-id.json")).await;
+    assert_eq!(response.status(), 422);
+    assert_eq!(
+        error_fields(&json(&response)),
+        vec!["messaging_provider_id"]
+    );
+}
+
+#[tokio::test]
+async fn read_fixture_for_an_unknown_id_is_404() {
+    let response =
+        api::handle_get_message(&store().await, http_event("get-message-unknown.json")).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(error_fields(&json(&response)), vec!["id"]);
+}
+
+/// Stores a queued message under a fixed id (overwriting an earlier run's).
+async fn seed(id: &str, payload: Value) {
+    let new = validate_outbound(payload.as_object().unwrap()).expect("valid seed");
+    let mut message = Message::accept(new, Direction::Outbound, time::OffsetDateTime::now_utc());
+    message.id = id.to_owned();
+    let item = DynamoDbStore::message_item(&message).expect("item");
+    aws_sdk_dynamodb::Client::new(&e2e_tests::aws().await)
+        .put_item()
+        .table_name(env("TABLE_NAME"))
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("seed put");
+}
+
+#[tokio::test]
+async fn delivery_fixture_reports_exactly_the_bad_records() {
+    let sms_to = e2e_tests::phone();
+    let email_to = e2e_tests::email();
+    seed(
+        "01932c07-a0c4-7b6e-8000-0000000000a1",
+        serde_json::json!({"from": "+18045551234", "to": sms_to, "type": "sms", "body": "fixture sms"}),
+    )
+    .await;
+    seed(
+        "01932c07-a0c4-7b6e-8000-0000000000a2",
+        serde_json::json!({"from": "user@usehatchapp.com", "to": email_to, "type": "email", "body": "fixture email"}),
+    )
+    .await;
+
+    let config = Config::from_env().expect("config from the stack's environment");
+    let client = http_client(Duration::from_secs(5)).unwrap();
+    let deliverer = Deliverer::new(
+        store().await,
+        queue().await,
+        Providers::from_config(&config, client).expect("provider credentials"),
+        config.delivery.retry,
+        config.delivery.lease,
+    );
+    let event: SqsEvent =
+        serde_json::from_str(&fixture("sqs-delivery-batch.json")).expect("SQS event");
+    let failed = deliverer
+        .deliver_batch(&delivery_records(&event), None)
+        .await;
+    let response = serde_json::to_value(batch_response(failed)).unwrap();
+    assert_eq!(
+        response,
+        serde_json::json!({"batchItemFailures": [
+            {"itemIdentifier": "6f1c7a52-0002-4a8b-9c1e-000000000002"},
+            {"itemIdentifier": "6f1c7a52-0003-4a8b-9c1e-000000000003"},
+        ]})
+    );
+    let store = store().await;
+    for id in [
+        "01932c07-a0c4-7b6e-8000-0000000000a1",
+        "01932c07-a0c4-7b6e-8000-0000000000a2",
+    ] {
+        let message = store.get(id).await.unwrap().unwrap();
+        assert_eq!(message.status, Status::Sent, "{id}: {message:?}");
+        assert!(message.provider_message_id.is_some());
+    }
+    let sim = e2e_tests::Simulator::new();
+    assert_eq!(sim.requests_to(&sms_to).await.len(), 1);
+    assert_eq!(sim.requests_to(&email_to).await.len(), 1);
+}

@@ -1,0 +1,278 @@
+//! Integration tests of the DynamoDB and SQS adapters against the emulator,
+//! through the real SDK clients: conditional writes, race-free inbound dedupe,
+//! the delivery lease, and the queue.
+
+use std::time::Duration;
+
+use e2e_tests::{aws, env, marker, phone, store, stored_with_marker};
+use serde_json::json;
+use shared::adapters::sqs::{SqsQueue, decode_body};
+use shared::api::{accept_inbound, accept_outbound};
+use shared::domain::{Direction, Message, Status, validate_outbound};
+use shared::http::ApiError;
+use shared::ports::{
+    Claim, Completion, DeliveryQueue, InboundInsert, Lease, MessageStore, StoreError,
+};
+use time::OffsetDateTime;
+
+fn outbound_message() -> Message {
+    let payload =
+        json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": "integration"});
+    let new = validate_outbound(payload.as_object().unwrap()).unwrap();
+    Message::accept(new, Direction::Outbound, OffsetDateTime::now_utc())
+}
+
+fn lease(expires_in: time::Duration) -> Lease {
+    Lease {
+        id: uuid::Uuid::new_v4().to_string(),
+        expires_at: OffsetDateTime::now_utc() + expires_in,
+    }
+}
+
+#[tokio::test]
+async fn outbound_insert_is_conditional_and_reads_back() {
+    let store = store().await;
+    let message = outbound_message();
+    store.insert_outbound(&message).await.unwrap();
+    assert_eq!(
+        store.get(&message.id).await.unwrap().as_ref(),
+        Some(&message)
+    );
+    let again = store.insert_outbound(&message).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(
+        store
+            .get("01932c07-0000-7000-8000-00000000dead")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn concurrent_inbound_posts_store_one_message() {
+    let store = store().await;
+    let provider_id = format!("concurrent-{}", uuid::Uuid::new_v4());
+    let payload = json!({"from": "+18045551234", "to": "+12016661234", "type": "sms", "body": "hello",
+                         "messaging_provider_id": provider_id});
+    let payload = payload.as_object().unwrap().clone();
+    let results =
+        futures::future::join_all((0..20).map(|_| accept_inbound(&store, &payload))).await;
+    let mut created = Vec::new();
+    let mut duplicates = Vec::new();
+    for result in results {
+        match result.expect("inbound accepted") {
+            InboundInsert::Created(m) => created.push(m.id),
+            InboundInsert::Duplicate(m) => duplicates.push(m.id),
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one post creates the message");
+    assert_eq!(duplicates.len(), 19);
+    assert!(
+        duplicates.iter().all(|id| *id == created[0]),
+        "every duplicate returns the first message"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_admits_one_delivery_at_a_time() {
+    let store = store().await;
+    let message = outbound_message();
+    store.insert_outbound(&message).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+
+    let first = lease(time::Duration::seconds(60));
+    let Claim::Claimed(claimed) = store.claim(&message.id, &first, now).await.unwrap() else {
+        panic!("first claim must succeed");
+    };
+    assert_eq!(claimed.status, Status::Sending);
+    assert_eq!(claimed.attempts, 1);
+
+    let second = lease(time::Duration::seconds(60));
+    assert!(matches!(
+        store.claim(&message.id, &second, now).await.unwrap(),
+        Claim::Busy { .. }
+    ));
+
+    // Only the lease holder may record the outcome.
+    let sent = Completion::Sent {
+        provider_message_id: Some("SM123".into()),
+    };
+    assert!(matches!(
+        store.complete(&message.id, &second.id, &sent, now).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .complete(&message.id, &first.id, &sent, now)
+        .await
+        .unwrap();
+
+    let settled = store.claim(&message.id, &second, now).await.unwrap();
+    let Claim::Settled(settled) = settled else {
+        panic!("a sent message is settled, got {settled:?}");
+    };
+    assert_eq!(settled.status, Status::Sent);
+    assert_eq!(settled.provider_message_id.as_deref(), Some("SM123"));
+    assert_eq!(
+        store
+            .claim("01932c07-0000-7000-8000-00000000dead", &second, now)
+            .await
+            .unwrap(),
+        Claim::NotFound
+    );
+}
+
+#[tokio::test]
+async fn an_expired_lease_can_be_taken_over() {
+    let store = store().await;
+    let message = outbound_message();
+    store.insert_outbound(&message).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let crashed = lease(time::Duration::seconds(5));
+    assert!(matches!(
+        store.claim(&message.id, &crashed, now).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+
+    let later = now + time::Duration::seconds(10);
+    let takeover = lease(time::Duration::seconds(60));
+    let Claim::Claimed(m) = store.claim(&message.id, &takeover, later).await.unwrap() else {
+        panic!("an expired lease must be taken over");
+    };
+    assert_eq!(m.attempts, 2);
+    // The crashed holder can no longer record anything.
+    let failed = Completion::Failed {
+        reason: "late".into(),
+    };
+    assert!(
+        store
+            .complete(&message.id, &crashed.id, &failed, later)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn retry_requeues_with_the_reason() {
+    let store = store().await;
+    let message = outbound_message();
+    store.insert_outbound(&message).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let l = lease(time::Duration::seconds(60));
+    store.claim(&message.id, &l, now).await.unwrap();
+    let next = now + time::Duration::seconds(30);
+    let retry = Completion::Retry {
+        reason: "twilio answered 500".into(),
+        next_attempt_at: next,
+    };
+    store
+        .complete(&message.id, &l.id, &retry, now)
+        .await
+        .unwrap();
+    let m = store.get(&message.id).await.unwrap().unwrap();
+    assert_eq!(m.status, Status::Queued);
+    assert_eq!(m.last_error.as_deref(), Some("twilio answered 500"));
+    assert_eq!(
+        m.next_attempt_at.map(|t| t.unix_timestamp()),
+        Some(next.unix_timestamp())
+    );
+    assert!(matches!(
+        store
+            .claim(&message.id, &lease(time::Duration::seconds(60)), now)
+            .await
+            .unwrap(),
+        Claim::Claimed(_)
+    ));
+}
+
+/// A queue of the test's own, so the stack's bridge does not consume its messages.
+async fn private_queue() -> (aws_sdk_sqs::Client, String) {
+    let client = aws_sdk_sqs::Client::new(&aws().await);
+    let url = client
+        .create_queue()
+        .queue_name(format!("it-{}", uuid::Uuid::new_v4().simple()))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    (client, url)
+}
+
+#[tokio::test]
+async fn enqueue_and_postpone_through_sqs() {
+    let (client, url) = private_queue().await;
+    let queue = SqsQueue::new(client.clone(), &url);
+    queue
+        .enqueue("01932c07-0000-7000-8000-000000000001")
+        .await
+        .unwrap();
+    let received = client
+        .receive_message()
+        .queue_url(&url)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(received.len(), 1);
+    let body = received[0].body().unwrap();
+    assert_eq!(
+        decode_body(body).unwrap(),
+        "01932c07-0000-7000-8000-000000000001"
+    );
+
+    // Postponing hides the message for the delay, then it comes back.
+    queue
+        .postpone(
+            received[0].receipt_handle().unwrap(),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    let hidden = client
+        .receive_message()
+        .queue_url(&url)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        hidden.messages.unwrap_or_default().is_empty(),
+        "postponed message must be invisible"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let back = client
+        .receive_message()
+        .queue_url(&url)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        back.messages.unwrap_or_default().len(),
+        1,
+        "postponed message must come back"
+    );
+    client.delete_queue().queue_url(&url).send().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_enqueue_is_a_503_and_leaves_nothing_stored() {
+    let store = store().await;
+    let client = aws_sdk_sqs::Client::new(&aws().await);
+    let base = env("QUEUE_URL");
+    let missing = format!("{}-does-not-exist", base);
+    let queue = SqsQueue::new(client, missing);
+    let marker = marker();
+    let payload = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": marker});
+    let result = accept_outbound(&store, &queue, payload.as_object().unwrap()).await;
+    let err = result.expect_err("enqueue into a missing queue must fail");
+    assert!(matches!(err, ApiError::Unavailable(_)), "{err:?}");
+    assert_eq!(err.into_response().status(), 503);
+    assert_eq!(
+        stored_with_marker(&marker).await,
+        0,
+        "the message must be rolled back"
+    );
+}
