@@ -259,36 +259,68 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Starts each HTTP function once, so configuration errors show up now.
+    /// Starts every function once (answers 404, 422 or an empty batch result), so
+    /// start-up problems show here rather than in the first test.
     async fn warm_up(&mut self) -> Result<()> {
         let client = reqwest::Client::new();
-        let probe = format!(
-            "{}/messages/00000000-0000-7000-8000-000000000000",
-            self.api_url
-        );
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            match client.get(&probe).send().await {
-                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return Ok(()),
-                Ok(r) if tokio::time::Instant::now() > deadline => {
-                    bail!(
-                        "the read function answered {} to a warm-up request",
-                        r.status()
-                    )
+        let api = &self.api_url;
+        let probes = [
+            (
+                client.get(format!(
+                    "{api}/messages/00000000-0000-7000-8000-000000000000"
+                )),
+                404,
+            ),
+            (
+                client
+                    .post(format!("{api}/messages/outbound"))
+                    .json(&serde_json::json!({})),
+                422,
+            ),
+            (
+                client
+                    .post(format!("{api}/messages/inbound"))
+                    .json(&serde_json::json!({})),
+                422,
+            ),
+            (
+                client
+                    .post(format!("{api}/2015-03-31/functions/delivery/invocations"))
+                    .json(&serde_json::json!({"Records": []})),
+                200,
+            ),
+        ];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        for (probe, expected) in probes {
+            loop {
+                let request = probe
+                    .try_clone()
+                    .ok_or_else(|| anyhow!("probe is not cloneable"))?;
+                let answer = request.send().await;
+                match answer {
+                    Ok(r) if r.status().as_u16() == expected => break,
+                    Ok(r) if tokio::time::Instant::now() > deadline => {
+                        bail!(
+                            "warm-up: {} answered {} (expected {expected})",
+                            r.url(),
+                            r.status()
+                        )
+                    }
+                    Err(e) if tokio::time::Instant::now() > deadline => {
+                        bail!("warm-up: the API did not answer: {e}")
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(250)).await,
                 }
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    bail!("the API did not answer: {e}")
+                if let Some(dead) = self
+                    .services
+                    .iter_mut()
+                    .find_map(|s| (!s.is_running()).then(|| s.name.clone()))
+                {
+                    bail!("{dead} exited during start-up");
                 }
-                _ => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-            if let Some(dead) = self
-                .services
-                .iter_mut()
-                .find_map(|s| (!s.is_running()).then(|| s.name.clone()))
-            {
-                bail!("{dead} exited during start-up");
             }
         }
+        Ok(())
     }
 
     pub async fn stop(self) {
