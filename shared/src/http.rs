@@ -23,6 +23,9 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("{0}")]
     NotFound(String),
+    /// The idempotency key was already used with a different request.
+    #[error("{0}")]
+    Conflict(String),
     #[error("request body exceeds {MAX_BODY_BYTES} bytes")]
     PayloadTooLarge,
     #[error("content type {0:?} is not supported; send application/json")]
@@ -49,6 +52,7 @@ impl ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -72,6 +76,10 @@ impl ApiError {
             }],
             Self::NotFound(_) => vec![ErrorItem {
                 field: Some("id"),
+                message: self.to_string(),
+            }],
+            Self::Conflict(_) => vec![ErrorItem {
+                field: Some(crate::domain::idempotency::HEADER),
                 message: self.to_string(),
             }],
             Self::PayloadTooLarge => vec![ErrorItem {
@@ -112,7 +120,14 @@ impl From<QueueError> for ApiError {
 /// A JSON response with the given status.
 pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     // Serializing our own plain structs cannot fail; fall back to an empty object.
-    let body = serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned());
+    raw_json_response(
+        status,
+        serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned()),
+    )
+}
+
+/// A response with an already serialized JSON body.
+pub fn raw_json_response(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(Body::Text(body));
     *response.status_mut() = status;
     response.headers_mut().insert(

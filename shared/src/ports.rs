@@ -35,6 +35,26 @@ pub enum InboundInsert {
     Duplicate(Message),
 }
 
+/// What an idempotent outbound accept remembers under its key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    /// Fingerprint of the request body the key was first used with.
+    pub fingerprint: String,
+    pub message_id: String,
+    /// The first response body, replayed verbatim to repeats.
+    pub response: String,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Result of storing an outbound message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboundInsert {
+    Created,
+    /// The idempotency key is taken (and not expired): here is what it holds.
+    KeyUsed(IdempotencyRecord),
+}
+
 /// A time-bound right to deliver one message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
@@ -72,11 +92,13 @@ pub enum Completion {
 }
 
 pub trait MessageStore: Send + Sync {
-    /// Stores a new outbound message; fails with `Conflict` if its id exists.
+    /// Stores a new outbound message, and its idempotency record in the same
+    /// write unless that key is already taken. `Conflict` if the id exists.
     fn insert_outbound(
         &self,
         message: &Message,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> impl Future<Output = Result<OutboundInsert, StoreError>> + Send;
 
     /// Stores a new inbound message unless one with the same provider id exists.
     fn insert_inbound(
@@ -86,9 +108,13 @@ pub trait MessageStore: Send + Sync {
 
     fn get(&self, id: &str) -> impl Future<Output = Result<Option<Message>, StoreError>> + Send;
 
-    /// Removes an outbound message that is still `queued` (undoing an accept whose
-    /// enqueue failed).
-    fn remove_queued(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Removes an outbound message that is still `queued`, with its idempotency
+    /// record if it has one (undoing an accept whose enqueue failed).
+    fn remove_queued(
+        &self,
+        id: &str,
+        idempotency_key: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Takes the delivery lease of a `queued` message, or of a `sending` one whose
     /// lease expired before `now`.

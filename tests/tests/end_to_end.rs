@@ -368,3 +368,86 @@ async fn bad_input_is_rejected_and_nothing_is_stored() {
         "bad input must never be stored"
     );
 }
+
+#[tokio::test]
+async fn idempotency_key_replays_the_first_answer() {
+    let (api, sim) = (Api::new(), Simulator::new());
+    let to = phone();
+    let key = format!("order-{}", uuid::Uuid::new_v4());
+    let payload = json!({"from": "+18045551234", "to": to, "type": "sms", "body": "exactly once"});
+    let post = |body: &Value| {
+        api.http
+            .post(format!("{}/messages/outbound", api.base))
+            .header("Idempotency-Key", &key)
+            .json(body)
+    };
+    let first = api.send(post(&payload)).await;
+    assert_eq!(first.status, 202, "{}", first.json);
+    let id = first.json["id"].as_str().unwrap().to_owned();
+    api.wait_for(&id, SETTLE, settled).await;
+
+    let again = api.send(post(&payload)).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.json, first.json, "the first answer, verbatim");
+    assert_eq!(
+        again.headers["location"],
+        format!("/messages/{id}").as_str()
+    );
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+
+    let conflict = api
+        .send(post(
+            &json!({"from": "+18045551234", "to": to, "type": "sms", "body": "changed"}),
+        ))
+        .await;
+    assert_eq!(conflict.status, 409, "{}", conflict.json);
+    assert_eq!(conflict.json["errors"][0]["field"], "Idempotency-Key");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sim.requests_to(&to).await.len(), 1, "sent once");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_posts_with_one_key_make_one_message() {
+    let (api, sim) = (Api::new(), Simulator::new());
+    let to = phone();
+    let key = format!("burst-{}", uuid::Uuid::new_v4());
+    let payload = json!({"from": "+18045551234", "to": to, "type": "sms", "body": "burst"});
+    let answers = futures::future::join_all((0..50).map(|_| {
+        api.send(
+            api.http
+                .post(format!("{}/messages/outbound", api.base))
+                .header("Idempotency-Key", &key)
+                .json(&payload),
+        )
+    }))
+    .await;
+    assert!(
+        answers.iter().all(|a| a.status == 202),
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    let id = answers[0].json["id"].as_str().unwrap().to_owned();
+    assert!(
+        answers.iter().all(|a| a.json["id"] == id.as_str()),
+        "one message id for all"
+    );
+    api.wait_for(&id, SETTLE, settled).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sim.requests_to(&to).await.len(), 1, "delivered once");
+}
+
+#[tokio::test]
+async fn a_malformed_idempotency_key_is_400() {
+    let api = Api::new();
+    let answer = api
+        .send(
+            api.http
+                .post(format!("{}/messages/outbound", api.base))
+                .header("Idempotency-Key", "k".repeat(300))
+                .json(&json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": "x"})),
+        )
+        .await;
+    assert_eq!(answer.status, 400, "{}", answer.json);
+    assert_eq!(answer.json["errors"][0]["field"], "Idempotency-Key");
+}

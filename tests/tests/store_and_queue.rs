@@ -7,11 +7,12 @@ use std::time::Duration;
 use e2e_tests::{aws, env, marker, phone, store, stored_with_marker};
 use serde_json::json;
 use shared::adapters::sqs::{SqsQueue, decode_body};
-use shared::api::{accept_inbound, accept_outbound};
-use shared::domain::{Direction, Message, Status, validate_outbound};
+use shared::api::{OutboundAccepted, accept_inbound, accept_outbound};
+use shared::domain::{Direction, IdempotencyKey, Message, Status, validate_outbound};
 use shared::http::ApiError;
 use shared::ports::{
-    Claim, Completion, DeliveryQueue, InboundInsert, Lease, MessageStore, StoreError,
+    Claim, Completion, DeliveryQueue, InboundInsert, Lease, MessageStore, OutboundInsert,
+    StoreError,
 };
 use time::OffsetDateTime;
 
@@ -33,12 +34,15 @@ fn lease(expires_in: time::Duration) -> Lease {
 async fn outbound_insert_is_conditional_and_reads_back() {
     let store = store().await;
     let message = outbound_message();
-    store.insert_outbound(&message).await.unwrap();
+    assert_eq!(
+        store.insert_outbound(&message, None).await.unwrap(),
+        OutboundInsert::Created
+    );
     assert_eq!(
         store.get(&message.id).await.unwrap().as_ref(),
         Some(&message)
     );
-    let again = store.insert_outbound(&message).await;
+    let again = store.insert_outbound(&message, None).await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     assert_eq!(
         store
@@ -78,7 +82,7 @@ async fn concurrent_inbound_posts_store_one_message() {
 async fn a_lease_admits_one_delivery_at_a_time() {
     let store = store().await;
     let message = outbound_message();
-    store.insert_outbound(&message).await.unwrap();
+    store.insert_outbound(&message, None).await.unwrap();
     let now = OffsetDateTime::now_utc();
 
     let first = lease(time::Duration::seconds(60));
@@ -126,7 +130,7 @@ async fn a_lease_admits_one_delivery_at_a_time() {
 async fn an_expired_lease_can_be_taken_over() {
     let store = store().await;
     let message = outbound_message();
-    store.insert_outbound(&message).await.unwrap();
+    store.insert_outbound(&message, None).await.unwrap();
     let now = OffsetDateTime::now_utc();
     let crashed = lease(time::Duration::seconds(5));
     assert!(matches!(
@@ -156,7 +160,7 @@ async fn an_expired_lease_can_be_taken_over() {
 async fn retry_requeues_with_the_reason() {
     let store = store().await;
     let message = outbound_message();
-    store.insert_outbound(&message).await.unwrap();
+    store.insert_outbound(&message, None).await.unwrap();
     let now = OffsetDateTime::now_utc();
     let l = lease(time::Duration::seconds(60));
     store.claim(&message.id, &l, now).await.unwrap();
@@ -261,13 +265,14 @@ async fn enqueue_and_postpone_through_sqs() {
 async fn a_failed_enqueue_is_a_503_and_leaves_nothing_stored() {
     let store = store().await;
     let client = aws_sdk_sqs::Client::new(&aws().await);
-    let base = env("QUEUE_URL");
-    let missing = format!("{}-does-not-exist", base);
-    let queue = SqsQueue::new(client, missing);
+    let broken = SqsQueue::new(client, format!("{}-does-not-exist", env("QUEUE_URL")));
     let marker = marker();
+    let key = IdempotencyKey::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
     let payload = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": marker});
-    let result = accept_outbound(&store, &queue, payload.as_object().unwrap()).await;
-    let err = result.expect_err("enqueue into a missing queue must fail");
+    let payload = payload.as_object().unwrap();
+    let err = accept_outbound(&store, &broken, payload, Some(&key))
+        .await
+        .expect_err("enqueue into a missing queue must fail");
     assert!(matches!(err, ApiError::Unavailable(_)), "{err:?}");
     assert_eq!(err.into_response().status(), 503);
     assert_eq!(
@@ -275,4 +280,57 @@ async fn a_failed_enqueue_is_a_503_and_leaves_nothing_stored() {
         0,
         "the message must be rolled back"
     );
+
+    // The key was released with it: a retry with a working queue is accepted anew.
+    let (_client, url) = private_queue().await;
+    let working = SqsQueue::new(aws_sdk_sqs::Client::new(&aws().await), url);
+    let retried = accept_outbound(&store, &working, payload, Some(&key))
+        .await
+        .unwrap();
+    assert!(
+        matches!(retried, OutboundAccepted::Queued(_)),
+        "{retried:?}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_idempotency_key_queue_one_message() {
+    let store = store().await;
+    let (client, url) = private_queue().await;
+    let queue = SqsQueue::new(client.clone(), &url);
+    let key = IdempotencyKey::parse(&format!("order-{}", uuid::Uuid::new_v4())).unwrap();
+    let payload = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": "once"});
+    let payload = payload.as_object().unwrap();
+    let results = futures::future::join_all(
+        (0..20).map(|_| accept_outbound(&store, &queue, payload, Some(&key))),
+    )
+    .await;
+    let mut queued = Vec::new();
+    let mut replayed = Vec::new();
+    for result in results {
+        match result.expect("accepted") {
+            OutboundAccepted::Queued(m) => queued.push(m.id),
+            OutboundAccepted::Replayed { message_id, .. } => replayed.push(message_id),
+        }
+    }
+    assert_eq!(queued.len(), 1, "exactly one request stores and queues");
+    assert!(replayed.iter().all(|id| *id == queued[0]));
+    let attributes = client
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default();
+    let depth = &attributes[&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages];
+    assert_eq!(depth, "1", "one queue entry");
+
+    // The same key with another body is a conflict.
+    let other = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": "different"});
+    let err = accept_outbound(&store, &queue, other.as_object().unwrap(), Some(&key))
+        .await
+        .unwrap_err();
+    assert_eq!(err.into_response().status(), 409);
 }

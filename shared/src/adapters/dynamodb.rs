@@ -4,19 +4,25 @@
 //! - `MSG#<id>`: a message (its API fields, plus `lease_id`/`lease_expires_at`
 //!   while a delivery attempt holds it);
 //! - `INBOUND#<messaging_provider_id>`: uniqueness guard of an inbound message,
-//!   written in the same transaction as the message.
+//!   written in the same transaction as the message;
+//! - `IDEMPOTENCY#<key>`: an outbound request's idempotency key with the body's
+//!   fingerprint, the message id and the first response; expires (TTL
+//!   `expires_at`, epoch seconds) after 24 hours.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, TransactWriteItem};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::domain::{Message, Status};
-use crate::ports::{Claim, Completion, InboundInsert, Lease, MessageStore, StoreError};
+use crate::ports::{
+    Claim, Completion, IdempotencyRecord, InboundInsert, Lease, MessageStore, OutboundInsert,
+    StoreError,
+};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -63,36 +69,60 @@ impl DynamoDbStore {
         Ok(output.item)
     }
 
-    async fn put_inbound(&self, message: &Message, provider_id: &str) -> Result<bool, StoreError> {
-        let guard = Put::builder()
-            .table_name(&self.table)
-            .item("pk", Self::inbound_guard_key(provider_id))
-            .item("message_id", AttributeValue::S(message.id.clone()))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    pub fn idempotency_key(key: &str) -> AttributeValue {
+        AttributeValue::S(format!("IDEMPOTENCY#{key}"))
+    }
+
+    /// Writes `message` and its guard item in one transaction. If the guard's
+    /// condition fails, the stored guard is read and handed to `existing`; while a
+    /// concurrent writer's transaction is still committing (guard not yet
+    /// readable) the write is tried again. `Ok(None)` means the message was created.
+    async fn put_guarded<T, F, Fut>(
+        &self,
+        guard: Put,
+        guard_key: AttributeValue,
+        message: &Message,
+        existing: F,
+    ) -> Result<Option<T>, StoreError>
+    where
+        F: Fn(Item) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(Self::message_item(message)?))
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(guard).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) => match e.into_service_error() {
-                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(_) => {
-                    Ok(false)
-                }
-                other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
-            },
+        for attempt in 1..=5u64 {
+            let result = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().put(guard.clone()).build())
+                .transact_items(TransactWriteItem::builder().put(put.clone()).build())
+                .send()
+                .await;
+            match result.map_err(|e| e.into_service_error()) {
+                Ok(_) => return Ok(None),
+                Err(e) if e.is_transaction_canceled_exception() => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+            if let Some(item) = self.get_item(guard_key.clone()).await? {
+                return existing(item).await.map(Some);
+            }
+            tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
         }
+        Err(StoreError::Conflict(format!(
+            "message {} kept conflicting",
+            message.id
+        )))
+    }
+}
+
+fn string_attribute(item: &Item, name: &str) -> Result<String, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::S(s)) => Ok(s.clone()),
+        _ => Err(StoreError::Corrupt(format!("item has no string {name}"))),
     }
 }
 
@@ -117,54 +147,98 @@ fn epoch(t: OffsetDateTime) -> AttributeValue {
 }
 
 impl MessageStore for DynamoDbStore {
-    async fn insert_outbound(&self, message: &Message) -> Result<(), StoreError> {
-        self.client
-            .put_item()
+    async fn insert_outbound(
+        &self,
+        message: &Message,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<OutboundInsert, StoreError> {
+        let Some(record) = idempotency else {
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(Self::message_item(message)?))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await
+                .map_err(|e| match e.into_service_error() {
+                    e if e.is_conditional_check_failed_exception() => {
+                        StoreError::Conflict(format!("message {} exists", message.id))
+                    }
+                    e => unavailable(e),
+                })?;
+            return Ok(OutboundInsert::Created);
+        };
+        let now = OffsetDateTime::now_utc();
+        // An expired key may be reused before DynamoDB's TTL has removed it.
+        let guard = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(Self::message_item(message)?))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await
-            .map_err(|e| match e.into_service_error() {
-                e if e.is_conditional_check_failed_exception() => {
-                    StoreError::Conflict(format!("message {} exists", message.id))
-                }
-                e => unavailable(e),
-            })?;
-        Ok(())
+            .item("pk", Self::idempotency_key(&record.key))
+            .item("key", s(&record.key))
+            .item("fingerprint", s(&record.fingerprint))
+            .item("message_id", s(&record.message_id))
+            .item("response", s(&record.response))
+            .item("expires_at", epoch(record.expires_at))
+            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+            .expression_attribute_values(":now", epoch(now))
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let existing = self
+            .put_guarded(
+                guard,
+                Self::idempotency_key(&record.key),
+                message,
+                |item| async move {
+                    let expires_at = match item.get("expires_at") {
+                        Some(AttributeValue::N(n)) => n.parse::<i64>().ok(),
+                        _ => None,
+                    }
+                    .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
+                    .ok_or_else(|| {
+                        StoreError::Corrupt("idempotency record without expires_at".into())
+                    })?;
+                    Ok(IdempotencyRecord {
+                        key: string_attribute(&item, "key")?,
+                        fingerprint: string_attribute(&item, "fingerprint")?,
+                        message_id: string_attribute(&item, "message_id")?,
+                        response: string_attribute(&item, "response")?,
+                        expires_at,
+                    })
+                },
+            )
+            .await?;
+        Ok(existing.map_or(OutboundInsert::Created, OutboundInsert::KeyUsed))
     }
 
     async fn insert_inbound(&self, message: &Message) -> Result<InboundInsert, StoreError> {
         let provider_id = message.messaging_provider_id.as_deref().ok_or_else(|| {
             StoreError::Corrupt("inbound message without messaging_provider_id".into())
         })?;
-        // A cancelled transaction means the guard exists, or a concurrent writer is
-        // committing it right now: read the guard, and try again while it is absent.
-        for attempt in 0..5u32 {
-            if self.put_inbound(message, provider_id).await? {
-                return Ok(InboundInsert::Created(message.clone()));
-            }
-            if let Some(guard) = self.get_item(Self::inbound_guard_key(provider_id)).await? {
-                let id = match guard.get("message_id") {
-                    Some(AttributeValue::S(id)) => id.clone(),
-                    _ => {
-                        return Err(StoreError::Corrupt(format!(
-                            "inbound guard {provider_id} has no message_id"
-                        )));
-                    }
-                };
-                let first = self.get(&id).await?.ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "inbound guard {provider_id} names missing message {id}"
-                    ))
-                })?;
-                return Ok(InboundInsert::Duplicate(first));
-            }
-            tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt + 1))).await;
-        }
-        Err(StoreError::Conflict(format!(
-            "inbound message {provider_id} kept conflicting"
-        )))
+        let guard = Put::builder()
+            .table_name(&self.table)
+            .item("pk", Self::inbound_guard_key(provider_id))
+            .item("message_id", s(&message.id))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let existing = self
+            .put_guarded(
+                guard,
+                Self::inbound_guard_key(provider_id),
+                message,
+                |guard| async move {
+                    let id = string_attribute(&guard, "message_id")?;
+                    self.get(&id).await?.ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "inbound guard {provider_id} names missing message {id}"
+                        ))
+                    })
+                },
+            )
+            .await?;
+        Ok(existing.map_or_else(
+            || InboundInsert::Created(message.clone()),
+            InboundInsert::Duplicate,
+        ))
     }
 
     async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
@@ -174,18 +248,38 @@ impl MessageStore for DynamoDbStore {
             .transpose()
     }
 
-    async fn remove_queued(&self, id: &str) -> Result<(), StoreError> {
-        self.client
-            .delete_item()
+    async fn remove_queued(
+        &self,
+        id: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let delete = Delete::builder()
             .table_name(&self.table)
             .key("pk", Self::message_key(id))
             .condition_expression("#status = :queued")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":queued", s(Status::Queued.as_str()))
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut request = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(delete).build());
+        if let Some(key) = idempotency_key {
+            let guard = Delete::builder()
+                .table_name(&self.table)
+                .key("pk", Self::idempotency_key(key))
+                .condition_expression("message_id = :id")
+                .expression_attribute_values(":id", s(id))
+                .build()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            request = request.transact_items(TransactWriteItem::builder().delete(guard).build());
+        }
+        request
             .send()
             .await
             .map_err(|e| match e.into_service_error() {
-                e if e.is_conditional_check_failed_exception() => {
+                e if e.is_transaction_canceled_exception() => {
                     StoreError::Conflict(format!("message {id} is not queued"))
                 }
                 e => unavailable(e),

@@ -1,12 +1,14 @@
 //! The messaging domain: pure types and rules, no AWS or HTTP types.
 
 mod conversation;
+pub mod idempotency;
 mod message;
 mod retry;
 mod status;
 pub mod validation;
 
 pub use conversation::ConversationKey;
+pub use idempotency::IdempotencyKey;
 pub use message::{Channel, Direction, Message, MessageId, NewMessage};
 pub use retry::RetryPolicy;
 pub use status::{Status, Transition};
