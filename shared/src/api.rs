@@ -17,7 +17,7 @@ use crate::ports::{DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutboundAccepted {
     /// Stored and queued now.
-    Queued(Message),
+    Queued(Box<Message>),
     /// A repeat of an earlier request with the same idempotency key and body: the
     /// first answer's body, nothing new stored or queued.
     Replayed {
@@ -70,7 +70,7 @@ pub async fn accept_outbound(
         return Err(enqueue_error.into());
     }
     info!(message_id = %message.id, channel = message.channel.as_str(), "outbound message queued");
-    Ok(OutboundAccepted::Queued(message))
+    Ok(OutboundAccepted::Queued(Box::new(message)))
 }
 
 /// Validates and stores an inbound message, once per `messaging_provider_id`.

@@ -213,3 +213,659 @@ impl<S: MessageStore, Q: DeliveryQueue, P: Provider> Deliverer<S, Q, P> {
 fn duration_until(now: OffsetDateTime, until: OffsetDateTime) -> Duration {
     Duration::try_from(until - now).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::domain::{Channel, Direction, Message, NewMessage, Status};
+    use crate::ports::{Accepted, IdempotencyRecord, InboundInsert, OutboundInsert, QueueError};
+
+    // ---- fakes ---------------------------------------------------------------
+
+    /// What `complete` answers.
+    #[derive(Debug, Clone, Copy)]
+    enum CompleteAnswer {
+        Ok,
+        Conflict,
+        Unavailable,
+    }
+
+    /// A store that answers `claim` per message id from a script (unknown ids are
+    /// `NotFound`; `Err(reason)` becomes `StoreError::Unavailable`) and records
+    /// every `claim` and `complete` call.
+    struct FakeStore {
+        claims: HashMap<String, Result<Claim, String>>,
+        complete_answer: CompleteAnswer,
+        claimed: Mutex<Vec<(String, Lease)>>,
+        completed: Mutex<Vec<(String, String, Completion)>>,
+    }
+
+    impl FakeStore {
+        fn new() -> Self {
+            Self {
+                claims: HashMap::new(),
+                complete_answer: CompleteAnswer::Ok,
+                claimed: Mutex::new(Vec::new()),
+                completed: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn with_claim(mut self, id: &str, claim: Claim) -> Self {
+            self.claims.insert(id.to_owned(), Ok(claim));
+            self
+        }
+
+        fn with_claim_error(mut self, id: &str, reason: &str) -> Self {
+            self.claims.insert(id.to_owned(), Err(reason.to_owned()));
+            self
+        }
+
+        fn answering_complete(mut self, answer: CompleteAnswer) -> Self {
+            self.complete_answer = answer;
+            self
+        }
+
+        fn claimed(&self) -> Vec<(String, Lease)> {
+            self.claimed.lock().unwrap().clone()
+        }
+
+        fn completed(&self) -> Vec<(String, String, Completion)> {
+            self.completed.lock().unwrap().clone()
+        }
+    }
+
+    impl MessageStore for FakeStore {
+        async fn insert_outbound(
+            &self,
+            _message: &Message,
+            _idempotency: Option<&IdempotencyRecord>,
+        ) -> Result<OutboundInsert, StoreError> {
+            unreachable!("delivery never inserts")
+        }
+
+        async fn insert_inbound(&self, _message: &Message) -> Result<InboundInsert, StoreError> {
+            unreachable!("delivery never inserts")
+        }
+
+        async fn get(&self, _id: &str) -> Result<Option<Message>, StoreError> {
+            unreachable!("delivery claims instead of reading")
+        }
+
+        async fn remove_queued(
+            &self,
+            _id: &str,
+            _idempotency_key: Option<&str>,
+        ) -> Result<(), StoreError> {
+            unreachable!("delivery never removes")
+        }
+
+        async fn claim(
+            &self,
+            id: &str,
+            lease: &Lease,
+            _now: OffsetDateTime,
+        ) -> Result<Claim, StoreError> {
+            self.claimed
+                .lock()
+                .unwrap()
+                .push((id.to_owned(), lease.clone()));
+            match self.claims.get(id) {
+                Some(Ok(claim)) => Ok(claim.clone()),
+                Some(Err(reason)) => Err(StoreError::Unavailable(reason.clone())),
+                None => Ok(Claim::NotFound),
+            }
+        }
+
+        async fn complete(
+            &self,
+            id: &str,
+            lease_id: &str,
+            completion: &Completion,
+            _now: OffsetDateTime,
+        ) -> Result<(), StoreError> {
+            self.completed.lock().unwrap().push((
+                id.to_owned(),
+                lease_id.to_owned(),
+                completion.clone(),
+            ));
+            match self.complete_answer {
+                CompleteAnswer::Ok => Ok(()),
+                CompleteAnswer::Conflict => Err(StoreError::Conflict("lease taken over".into())),
+                CompleteAnswer::Unavailable => {
+                    Err(StoreError::Unavailable("table unreachable".into()))
+                }
+            }
+        }
+    }
+
+    /// A queue that records every `postpone`.
+    #[derive(Default)]
+    struct FakeQueue {
+        postponed: Mutex<Vec<(String, Duration)>>,
+    }
+
+    impl FakeQueue {
+        fn postponed(&self) -> Vec<(String, Duration)> {
+            self.postponed.lock().unwrap().clone()
+        }
+    }
+
+    impl DeliveryQueue for FakeQueue {
+        async fn enqueue(&self, _message_id: &str) -> Result<(), QueueError> {
+            unreachable!("delivery never enqueues")
+        }
+
+        async fn postpone(&self, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {
+            self.postponed
+                .lock()
+                .unwrap()
+                .push((receipt_handle.to_owned(), delay));
+            Ok(())
+        }
+    }
+
+    /// A provider that answers every send the same way, after an optional sleep.
+    struct FakeProvider {
+        result: Result<Accepted, ProviderError>,
+        sleep: Option<Duration>,
+        calls: AtomicUsize,
+    }
+
+    impl FakeProvider {
+        fn answering(result: Result<Accepted, ProviderError>) -> Self {
+            Self {
+                result,
+                sleep: None,
+                calls: AtomicUsize::new(0),
+            }
+        }
+
+        fn accepting(provider_message_id: &str) -> Self {
+            Self::answering(Ok(Accepted {
+                provider_message_id: Some(provider_message_id.to_owned()),
+            }))
+        }
+
+        fn sleeping(mut self, sleep: Duration) -> Self {
+            self.sleep = Some(sleep);
+            self
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Provider for FakeProvider {
+        async fn send(&self, _message: &Message) -> Result<Accepted, ProviderError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(sleep) = self.sleep {
+                tokio::time::sleep(sleep).await;
+            }
+            self.result.clone()
+        }
+    }
+
+    // ---- helpers -------------------------------------------------------------
+
+    const MSG_ID: &str = "msg-1";
+    const RECEIPT: &str = "receipt-1";
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(4),
+            max_receives: 5,
+        }
+    }
+
+    /// An outbound message as a successful claim returns it: `sending`, with
+    /// `attempts` counting this attempt.
+    fn claimed_message(id: &str, attempts: u32) -> Message {
+        let now = OffsetDateTime::now_utc();
+        let new = NewMessage {
+            channel: Channel::Sms,
+            from: "+18045551234".into(),
+            to: "+12016661234".into(),
+            body: "hello".into(),
+            attachments: None,
+            timestamp: None,
+            messaging_provider_id: None,
+        };
+        let mut message = Message::accept(new, Direction::Outbound, now);
+        message.id = id.to_owned();
+        message.status = Status::Sending;
+        message.attempts = attempts;
+        message
+    }
+
+    fn settled_message(id: &str) -> Message {
+        let mut message = claimed_message(id, 1);
+        message.status = Status::Sent;
+        message.provider_message_id = Some("SM-old".into());
+        message
+    }
+
+    fn record(queue_id: &str, message_id: &str, receive_count: u32) -> DeliveryRecord {
+        DeliveryRecord {
+            queue_message_id: queue_id.to_owned(),
+            receipt_handle: format!("receipt-{queue_id}"),
+            message_id: Ok(message_id.to_owned()),
+            receive_count,
+        }
+    }
+
+    fn single_record(receive_count: u32) -> DeliveryRecord {
+        DeliveryRecord {
+            queue_message_id: "q-1".into(),
+            receipt_handle: RECEIPT.into(),
+            message_id: Ok(MSG_ID.into()),
+            receive_count,
+        }
+    }
+
+    fn deliverer(
+        store: FakeStore,
+        provider: FakeProvider,
+    ) -> Deliverer<FakeStore, FakeQueue, FakeProvider> {
+        Deliverer::new(
+            store,
+            FakeQueue::default(),
+            provider,
+            policy(),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn claimed_store(attempts: u32) -> FakeStore {
+        FakeStore::new().with_claim(MSG_ID, Claim::Claimed(claimed_message(MSG_ID, attempts)))
+    }
+
+    fn retryable(reason: &str, retry_after: Option<Duration>) -> FakeProvider {
+        FakeProvider::answering(Err(ProviderError::Retryable {
+            reason: reason.to_owned(),
+            retry_after,
+        }))
+    }
+
+    fn sorted(mut ids: Vec<String>) -> Vec<String> {
+        ids.sort();
+        ids
+    }
+
+    // ---- deliver -------------------------------------------------------------
+
+    #[tokio::test]
+    async fn accepted_records_sent_under_the_claimed_lease() {
+        let d = deliverer(claimed_store(1), FakeProvider::accepting("SM123"));
+        let before = OffsetDateTime::now_utc();
+
+        let outcome = d.deliver(&single_record(1)).await;
+
+        assert_eq!(outcome, RecordOutcome::Done);
+        assert_eq!(d.provider.calls(), 1);
+        let claimed = d.store.claimed();
+        assert_eq!(claimed.len(), 1);
+        let (claimed_id, lease) = &claimed[0];
+        assert_eq!(claimed_id, MSG_ID);
+        assert!(
+            lease.expires_at >= before + Duration::from_secs(60)
+                && lease.expires_at <= OffsetDateTime::now_utc() + Duration::from_secs(60),
+            "lease must last the configured 60 s, expires at {}",
+            lease.expires_at
+        );
+        assert_eq!(
+            d.store.completed(),
+            vec![(
+                MSG_ID.to_owned(),
+                lease.id.clone(),
+                Completion::Sent {
+                    provider_message_id: Some("SM123".into())
+                }
+            )]
+        );
+        assert!(d.queue.postponed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn each_delivery_takes_a_fresh_lease() {
+        let d = deliverer(claimed_store(1), FakeProvider::accepting("SM123"));
+        d.deliver(&single_record(1)).await;
+        d.deliver(&single_record(2)).await;
+        let claimed = d.store.claimed();
+        assert_eq!(claimed.len(), 2);
+        assert_ne!(claimed[0].1.id, claimed[1].1.id);
+    }
+
+    #[tokio::test]
+    async fn rejected_records_failed_with_the_providers_reason() {
+        let d = deliverer(
+            claimed_store(1),
+            FakeProvider::answering(Err(ProviderError::Rejected {
+                reason: "invalid number".into(),
+            })),
+        );
+
+        let outcome = d.deliver(&single_record(1)).await;
+
+        assert_eq!(outcome, RecordOutcome::Done);
+        assert_eq!(d.provider.calls(), 1);
+        let completed = d.store.completed();
+        assert_eq!(completed.len(), 1);
+        assert_eq!(completed[0].0, MSG_ID);
+        assert_eq!(
+            completed[0].2,
+            Completion::Failed {
+                reason: "invalid number".into()
+            }
+        );
+        assert!(d.queue.postponed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn retryable_before_the_last_receive_schedules_a_retry() {
+        // attempts = 3: the backoff step is min(1 s * 2^2, 4 s) = 4 s, jittered into [1 s, 4 s].
+        let d = deliverer(claimed_store(3), retryable("503 from provider", None));
+        let before = OffsetDateTime::now_utc();
+
+        let outcome = d.deliver(&single_record(4)).await;
+
+        let after = OffsetDateTime::now_utc();
+        assert_eq!(outcome, RecordOutcome::Retry);
+        let postponed = d.queue.postponed();
+        assert_eq!(postponed.len(), 1, "exactly one postpone: {postponed:?}");
+        let (handle, delay) = &postponed[0];
+        assert_eq!(handle, RECEIPT);
+        assert!(
+            (Duration::from_secs(1)..=Duration::from_secs(4)).contains(delay),
+            "delay {delay:?} outside [base, cap]"
+        );
+        let completed = d.store.completed();
+        assert_eq!(completed.len(), 1);
+        match &completed[0].2 {
+            Completion::Retry {
+                reason,
+                next_attempt_at,
+            } => {
+                assert_eq!(reason, "503 from provider");
+                let scheduled_from = *next_attempt_at - *delay;
+                assert!(
+                    scheduled_from >= before && scheduled_from <= after,
+                    "next_attempt_at {next_attempt_at} is not now + {delay:?}"
+                );
+            }
+            other => panic!("expected Completion::Retry, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn retryable_honours_a_longer_retry_after() {
+        let d = deliverer(
+            claimed_store(1),
+            retryable("429 throttled", Some(Duration::from_secs(30))),
+        );
+        let before = OffsetDateTime::now_utc();
+
+        let outcome = d.deliver(&single_record(1)).await;
+
+        let after = OffsetDateTime::now_utc();
+        assert_eq!(outcome, RecordOutcome::Retry);
+        assert_eq!(
+            d.queue.postponed(),
+            vec![(RECEIPT.to_owned(), Duration::from_secs(30))]
+        );
+        let completed = d.store.completed();
+        assert_eq!(completed.len(), 1);
+        match &completed[0].2 {
+            Completion::Retry {
+                reason,
+                next_attempt_at,
+            } => {
+                assert_eq!(reason, "429 throttled");
+                let scheduled_from = *next_attempt_at - Duration::from_secs(30);
+                assert!(scheduled_from >= before && scheduled_from <= after);
+            }
+            other => panic!("expected Completion::Retry, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn retryable_on_the_last_receive_fails_for_good() {
+        let d = deliverer(claimed_store(5), retryable("503 from provider", None));
+
+        let outcome = d.deliver(&single_record(policy().max_receives)).await;
+
+        assert_eq!(outcome, RecordOutcome::Done);
+        assert_eq!(d.provider.calls(), 1);
+        let completed = d.store.completed();
+        assert_eq!(completed.len(), 1);
+        match &completed[0].2 {
+            Completion::Failed { reason } => {
+                assert!(
+                    reason.starts_with("retries exhausted: "),
+                    "reason: {reason}"
+                );
+                assert!(reason.contains("503 from provider"), "reason: {reason}");
+            }
+            other => panic!("expected Completion::Failed, got {other:?}"),
+        }
+        assert!(d.queue.postponed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn settled_message_is_not_sent_again() {
+        let store = FakeStore::new().with_claim(MSG_ID, Claim::Settled(settled_message(MSG_ID)));
+        let d = deliverer(store, FakeProvider::accepting("SM-new"));
+
+        let outcome = d.deliver(&single_record(2)).await;
+
+        assert_eq!(outcome, RecordOutcome::Done);
+        assert_eq!(d.provider.calls(), 0);
+        assert_eq!(d.store.claimed().len(), 1);
+        assert!(d.store.completed().is_empty());
+        assert!(d.queue.postponed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn busy_message_is_postponed_past_the_other_lease() {
+        let until = OffsetDateTime::now_utc() + Duration::from_secs(10);
+        let store = FakeStore::new().with_claim(MSG_ID, Claim::Busy { until });
+        let d = deliverer(store, FakeProvider::accepting("SM123"));
+
+        let outcome = d.deliver(&single_record(1)).await;
+
+        assert_eq!(outcome, RecordOutcome::Retry);
+        assert_eq!(d.provider.calls(), 0);
+        assert!(d.store.completed().is_empty());
+        let postponed = d.queue.postponed();
+        assert_eq!(postponed.len(), 1, "{postponed:?}");
+        assert_eq!(postponed[0].0, RECEIPT);
+        let delay = postponed[0].1;
+        assert!(
+            delay > Duration::from_secs(10) && delay < Duration::from_secs(12),
+            "delay {delay:?} should be ~11 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn busy_with_an_expired_lease_is_postponed_one_second() {
+        let until = OffsetDateTime::now_utc() - Duration::from_secs(30);
+        let store = FakeStore::new().with_claim(MSG_ID, Claim::Busy { until });
+        let d = deliverer(store, FakeProvider::accepting("SM123"));
+
+        assert_eq!(d.deliver(&single_record(1)).await, RecordOutcome::Retry);
+        assert_eq!(
+            d.queue.postponed(),
+            vec![(RECEIPT.to_owned(), Duration::from_secs(1))]
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_message_is_retried_without_sending() {
+        let d = deliverer(FakeStore::new(), FakeProvider::accepting("SM123"));
+
+        let outcome = d.deliver(&single_record(1)).await;
+
+        assert_eq!(outcome, RecordOutcome::Retry);
+        assert_eq!(d.store.claimed().len(), 1);
+        assert_eq!(d.provider.calls(), 0);
+        assert!(d.store.completed().is_empty());
+        assert!(d.queue.postponed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unreadable_record_is_retried_without_touching_the_store() {
+        let d = deliverer(claimed_store(1), FakeProvider::accepting("SM123"));
+        let mut bad = single_record(1);
+        bad.message_id = Err("body is not JSON".into());
+
+        let outcome = d.deliver(&bad).await;
+
+        assert_eq!(outcome, RecordOutcome::Retry);
+        assert!(d.store.claimed().is_empty());
+        assert_eq!(d.provider.calls(), 0);
+        assert!(d.store.completed().is_empty());
+        assert!(d.queue.postponed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn claim_failure_is_retried_without_sending() {
+        let store = FakeStore::new().with_claim_error(MSG_ID, "throttled");
+        let d = deliverer(store, FakeProvider::accepting("SM123"));
+
+        assert_eq!(d.deliver(&single_record(1)).await, RecordOutcome::Retry);
+        assert_eq!(d.provider.calls(), 0);
+        assert!(d.store.completed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn lost_lease_on_complete_is_done() {
+        let d = deliverer(
+            claimed_store(1).answering_complete(CompleteAnswer::Conflict),
+            FakeProvider::accepting("SM123"),
+        );
+
+        assert_eq!(d.deliver(&single_record(1)).await, RecordOutcome::Done);
+        assert_eq!(d.provider.calls(), 1);
+        assert_eq!(d.store.completed().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn lost_lease_after_a_retryable_error_is_done_and_not_postponed() {
+        let d = deliverer(
+            claimed_store(1).answering_complete(CompleteAnswer::Conflict),
+            retryable("503", None),
+        );
+
+        assert_eq!(d.deliver(&single_record(1)).await, RecordOutcome::Done);
+        assert_eq!(d.store.completed().len(), 1);
+        assert!(d.queue.postponed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unrecorded_outcome_is_retried() {
+        let d = deliverer(
+            claimed_store(1).answering_complete(CompleteAnswer::Unavailable),
+            FakeProvider::accepting("SM123"),
+        );
+
+        assert_eq!(d.deliver(&single_record(1)).await, RecordOutcome::Retry);
+        assert_eq!(d.provider.calls(), 1);
+        assert_eq!(d.store.completed().len(), 1);
+        assert!(
+            d.queue.postponed().is_empty(),
+            "nothing to reschedule when the outcome was not recorded"
+        );
+    }
+
+    #[tokio::test]
+    async fn unrecorded_retry_is_not_postponed() {
+        let d = deliverer(
+            claimed_store(1).answering_complete(CompleteAnswer::Unavailable),
+            retryable("503", None),
+        );
+
+        assert_eq!(d.deliver(&single_record(1)).await, RecordOutcome::Retry);
+        assert!(d.queue.postponed().is_empty());
+    }
+
+    // ---- deliver_batch -------------------------------------------------------
+
+    #[tokio::test]
+    async fn batch_reports_only_the_records_to_receive_again() {
+        let store = FakeStore::new()
+            .with_claim("m-a", Claim::Claimed(claimed_message("m-a", 1)))
+            .with_claim("m-b", Claim::Settled(settled_message("m-b")));
+        // "m-missing" has no script: the store answers NotFound.
+        let d = deliverer(store, FakeProvider::accepting("SM123"));
+        let mut unreadable = record("q-unreadable", "ignored", 1);
+        unreadable.message_id = Err("missing message_id".into());
+        let records = [
+            record("q-a", "m-a", 1),
+            unreadable,
+            record("q-b", "m-b", 1),
+            record("q-missing", "m-missing", 1),
+        ];
+
+        let failed = d.deliver_batch(&records, None).await;
+
+        assert_eq!(
+            sorted(failed),
+            vec!["q-missing".to_owned(), "q-unreadable".to_owned()]
+        );
+        assert_eq!(d.provider.calls(), 1, "only m-a is sent");
+        let completed = d.store.completed();
+        assert_eq!(completed.len(), 1);
+        assert_eq!(completed[0].0, "m-a");
+    }
+
+    #[tokio::test]
+    async fn empty_batch_reports_nothing() {
+        let d = deliverer(FakeStore::new(), FakeProvider::accepting("SM123"));
+        assert!(d.deliver_batch(&[], None).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn batch_reports_records_unfinished_at_the_deadline() {
+        let d = deliverer(
+            claimed_store(1),
+            FakeProvider::accepting("SM123").sleeping(Duration::from_secs(5)),
+        );
+        let records = [single_record(1)];
+        let started = Instant::now();
+        let deadline = started + DEADLINE_MARGIN + Duration::from_millis(200);
+
+        let failed = d.deliver_batch(&records, Some(deadline)).await;
+
+        let elapsed = started.elapsed();
+        assert_eq!(failed, vec!["q-1".to_owned()]);
+        assert!(
+            elapsed >= Duration::from_millis(150) && elapsed < Duration::from_secs(1),
+            "should stop at deadline - DEADLINE_MARGIN (~200 ms), not at the deadline (~1.7 s) \
+             nor when the send ends (5 s); took {elapsed:?}"
+        );
+        assert_eq!(d.provider.calls(), 1, "the send had started");
+        assert!(
+            d.store.completed().is_empty(),
+            "the cut-off attempt records nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn batch_finishing_before_the_deadline_reports_nothing() {
+        let d = deliverer(
+            claimed_store(1),
+            FakeProvider::accepting("SM123").sleeping(Duration::from_millis(20)),
+        );
+        let deadline = Instant::now() + DEADLINE_MARGIN + Duration::from_secs(5);
+
+        let failed = d.deliver_batch(&[single_record(1)], Some(deadline)).await;
+
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(d.store.completed().len(), 1);
+    }
+}
