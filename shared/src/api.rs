@@ -59,7 +59,7 @@ pub async fn accept_outbound(
             "this Idempotency-Key was already used with a different request body".to_owned(),
         ));
     }
-    if let Err(enqueue_error) = queue.enqueue(&message.id).await {
+    if let Err(enqueue_error) = queue.enqueue(&message.id, std::time::Duration::ZERO).await {
         error!(message_id = %message.id, error = %enqueue_error, "enqueue failed; removing the message");
         if let Err(undo_error) = store
             .remove_queued(&message.id, key.map(IdempotencyKey::as_str))

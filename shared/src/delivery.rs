@@ -114,9 +114,8 @@ impl<S: MessageStore, Q: DeliveryQueue, P: Provider> Deliverer<S, Q, P> {
             }
             Ok(Claim::Busy { until }) => {
                 info!(lease_until = %until, "another delivery holds the lease");
-                self.postpone(record, duration_until(now, until) + Duration::from_secs(1))
-                    .await;
-                return RecordOutcome::Retry;
+                let delay = duration_until(now, until) + Duration::from_secs(1);
+                return self.try_again(record, id, delay).await;
             }
             Ok(Claim::NotFound) => {
                 warn!("queue record names an unknown message");
@@ -124,7 +123,7 @@ impl<S: MessageStore, Q: DeliveryQueue, P: Provider> Deliverer<S, Q, P> {
             }
             Err(e) => {
                 warn!(error = %e, "could not claim the message");
-                return RecordOutcome::Retry;
+                return self.try_again(record, id, self.retry.base).await;
             }
         };
 
@@ -188,25 +187,43 @@ impl<S: MessageStore, Q: DeliveryQueue, P: Provider> Deliverer<S, Q, P> {
                 return RecordOutcome::Done;
             }
             Err(e) => {
-                // The outcome is not recorded; the lease expires and a later receive
+                // The outcome is not recorded; once the lease expires a later receive
                 // takes over. If the provider accepted, that is the one duplicate window.
                 warn!(error = %e, "could not record the outcome");
-                return RecordOutcome::Retry;
+                return self.try_again(record, id, self.lease).await;
             }
         }
         match delay {
-            Some(delay) => {
-                self.postpone(record, delay).await;
-                RecordOutcome::Retry
-            }
+            Some(delay) => self.try_again(record, id, delay).await,
             None => RecordOutcome::Done,
         }
     }
 
-    async fn postpone(&self, record: &DeliveryRecord, delay: Duration) {
+    /// Schedules another attempt after `delay`. Normally the record itself is
+    /// hidden for that long and reported back. On the last receive the queue allows
+    /// it would go to the dead-letter queue instead, leaving a healthy message
+    /// stranded `queued` or `sending`; so it is handed over to a fresh queue message
+    /// (with a fresh receive count) and this one is acknowledged.
+    async fn try_again(&self, record: &DeliveryRecord, id: &str, delay: Duration) -> RecordOutcome {
+        if self.retry.is_last_receive(record.receive_count) {
+            return match self.queue.enqueue(id, delay).await {
+                Ok(()) => {
+                    info!(
+                        delay_s = delay.as_secs_f64(),
+                        "last receive: handed over to a new queue message"
+                    );
+                    RecordOutcome::Done
+                }
+                Err(e) => {
+                    warn!(error = %e, "last receive and the hand-over failed; the record goes to the dead-letter queue");
+                    RecordOutcome::Retry
+                }
+            };
+        }
         if let Err(e) = self.queue.postpone(&record.receipt_handle, delay).await {
             warn!(error = %e, "could not reschedule the record; the queue's visibility timeout applies");
         }
+        RecordOutcome::Retry
     }
 }
 
@@ -342,21 +359,30 @@ mod tests {
         }
     }
 
-    /// A queue that records every `postpone`.
+    /// A queue that records every `postpone` and `enqueue`.
     #[derive(Default)]
     struct FakeQueue {
         postponed: Mutex<Vec<(String, Duration)>>,
+        enqueued: Mutex<Vec<(String, Duration)>>,
     }
 
     impl FakeQueue {
         fn postponed(&self) -> Vec<(String, Duration)> {
             self.postponed.lock().unwrap().clone()
         }
+
+        fn enqueued(&self) -> Vec<(String, Duration)> {
+            self.enqueued.lock().unwrap().clone()
+        }
     }
 
     impl DeliveryQueue for FakeQueue {
-        async fn enqueue(&self, _message_id: &str) -> Result<(), QueueError> {
-            unreachable!("delivery never enqueues")
+        async fn enqueue(&self, message_id: &str, delay: Duration) -> Result<(), QueueError> {
+            self.enqueued
+                .lock()
+                .unwrap()
+                .push((message_id.to_owned(), delay));
+            Ok(())
         }
 
         async fn postpone(&self, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {
@@ -767,7 +793,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unrecorded_outcome_is_retried() {
+    async fn unrecorded_outcome_is_retried_once_the_lease_expires() {
         let d = deliverer(
             claimed_store(1).answering_complete(CompleteAnswer::Unavailable),
             FakeProvider::accepting("SM123"),
@@ -776,21 +802,70 @@ mod tests {
         assert_eq!(d.deliver(&single_record(1)).await, RecordOutcome::Retry);
         assert_eq!(d.provider.calls(), 1);
         assert_eq!(d.store.completed().len(), 1);
-        assert!(
-            d.queue.postponed().is_empty(),
-            "nothing to reschedule when the outcome was not recorded"
+        assert_eq!(
+            d.queue.postponed(),
+            vec![(RECEIPT.to_owned(), Duration::from_secs(60))],
+            "the next receive comes when the lease has expired"
         );
+        assert!(d.queue.enqueued().is_empty());
     }
 
     #[tokio::test]
-    async fn unrecorded_retry_is_not_postponed() {
+    async fn unrecorded_retry_waits_for_the_lease() {
         let d = deliverer(
             claimed_store(1).answering_complete(CompleteAnswer::Unavailable),
             retryable("503", None),
         );
 
         assert_eq!(d.deliver(&single_record(1)).await, RecordOutcome::Retry);
+        assert_eq!(
+            d.queue.postponed(),
+            vec![(RECEIPT.to_owned(), Duration::from_secs(60))]
+        );
+    }
+
+    // ---- the last receive the queue allows -------------------------------------
+
+    #[tokio::test]
+    async fn busy_on_the_last_receive_is_handed_to_a_new_queue_message() {
+        let until = OffsetDateTime::now_utc() + time::Duration::seconds(10);
+        let store = FakeStore::new().with_claim(MSG_ID, Claim::Busy { until });
+        let d = deliverer(store, FakeProvider::accepting("SM1"));
+
+        assert_eq!(d.deliver(&single_record(5)).await, RecordOutcome::Done);
         assert!(d.queue.postponed().is_empty());
+        let enqueued = d.queue.enqueued();
+        assert_eq!(enqueued.len(), 1, "{enqueued:?}");
+        assert_eq!(enqueued[0].0, MSG_ID);
+        assert!(
+            (Duration::from_secs(10)..=Duration::from_secs(12)).contains(&enqueued[0].1),
+            "{enqueued:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unrecorded_outcome_on_the_last_receive_is_handed_over() {
+        let d = deliverer(
+            claimed_store(5).answering_complete(CompleteAnswer::Unavailable),
+            FakeProvider::accepting("SM123"),
+        );
+
+        assert_eq!(d.deliver(&single_record(5)).await, RecordOutcome::Done);
+        assert_eq!(
+            d.queue.enqueued(),
+            vec![(MSG_ID.to_owned(), Duration::from_secs(60))]
+        );
+        assert!(d.queue.postponed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn poison_records_on_the_last_receive_still_go_to_the_dead_letter_queue() {
+        let d = deliverer(FakeStore::new(), FakeProvider::accepting("SM1"));
+        assert_eq!(d.deliver(&single_record(5)).await, RecordOutcome::Retry);
+        assert!(
+            d.queue.enqueued().is_empty(),
+            "an unknown message is not re-queued"
+        );
     }
 
     // ---- deliver_batch -------------------------------------------------------

@@ -136,8 +136,12 @@ pub trait MessageStore: Send + Sync {
 }
 
 pub trait DeliveryQueue: Send + Sync {
-    /// Queues a message id for delivery.
-    fn enqueue(&self, message_id: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Queues a message id for delivery, visible after `delay` (at most 15 minutes).
+    fn enqueue(
+        &self,
+        message_id: &str,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Hides a received queue message for `delay` (how a retry is scheduled).
     fn postpone(

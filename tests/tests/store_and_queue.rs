@@ -208,7 +208,7 @@ async fn enqueue_and_postpone_through_sqs() {
     let (client, url) = private_queue().await;
     let queue = SqsQueue::new(client.clone(), &url);
     queue
-        .enqueue("01932c07-0000-7000-8000-000000000001")
+        .enqueue("01932c07-0000-7000-8000-000000000001", Duration::ZERO)
         .await
         .unwrap();
     let received = client
@@ -257,6 +257,45 @@ async fn enqueue_and_postpone_through_sqs() {
         back.messages.unwrap_or_default().len(),
         1,
         "postponed message must come back"
+    );
+    client.delete_queue().queue_url(&url).send().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_delayed_enqueue_becomes_visible_after_the_delay() {
+    let (client, url) = private_queue().await;
+    let queue = SqsQueue::new(client.clone(), &url);
+    queue
+        .enqueue(
+            "01932c07-0000-7000-8000-000000000002",
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    let early = client
+        .receive_message()
+        .queue_url(&url)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        early.messages.unwrap_or_default().is_empty(),
+        "delayed message must not be visible yet"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = client
+        .receive_message()
+        .queue_url(&url)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(later.len(), 1, "delayed message must arrive");
+    assert_eq!(
+        decode_body(later[0].body().unwrap()).unwrap(),
+        "01932c07-0000-7000-8000-000000000002"
     );
     client.delete_queue().queue_url(&url).send().await.unwrap();
 }

@@ -18,6 +18,12 @@ use crate::ports::{DeliveryQueue, MessageStore, Provider, QueueError};
 
 /// Longest visibility timeout SQS accepts (12 hours).
 const MAX_VISIBILITY_SECS: u64 = 12 * 60 * 60;
+/// Longest delivery delay SQS accepts (15 minutes).
+const MAX_DELAY_SECS: u64 = 15 * 60;
+
+fn whole_seconds(delay: Duration, max: u64) -> i32 {
+    delay.as_secs_f64().ceil().clamp(0.0, max as f64) as i32
+}
 
 #[derive(Clone, Debug)]
 pub struct SqsQueue {
@@ -54,11 +60,12 @@ pub fn decode_body(body: &str) -> Result<String, String> {
 }
 
 impl DeliveryQueue for SqsQueue {
-    async fn enqueue(&self, message_id: &str) -> Result<(), QueueError> {
+    async fn enqueue(&self, message_id: &str, delay: Duration) -> Result<(), QueueError> {
         self.client
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(encode_body(message_id))
+            .delay_seconds(whole_seconds(delay, MAX_DELAY_SECS))
             .send()
             .await
             .map_err(|e| QueueError::Unavailable(DisplayErrorContext(e).to_string()))?;
