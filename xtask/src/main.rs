@@ -1,9 +1,9 @@
 //! Developer tooling. `cargo xtask dev` runs the local stack, `cargo xtask test`
 //! runs every check and test against a fresh one.
 
-mod inspect;
 mod process;
 mod python;
+mod queue;
 mod stack;
 mod template;
 
@@ -24,9 +24,16 @@ commands:
             http://127.0.0.1:9000 (cargo lambda watch), the SQS bridge and the
             provider simulator on 127.0.0.1:4010; Ctrl-C stops everything
   test      format check, SAM template lint, clippy, and every test against a
-            fresh local stack on free ports
-  inspect   show queue depths and the latest messages of a running local stack
-            (--endpoint URL, default http://127.0.0.1:4566; --limit N)
+            fresh local stack on free ports; then the fault-injection suite alone
+  faults    only the fault-injection suite, on a fresh stack
+            (--messages N per phase, default 1000: the long mode)
+  queue     queue operations, on the local stack or (--aws) on AWS:
+              queue stats              queue depths and messages by status
+              queue peek [--dlq]       what waits for delivery / what is dead
+              queue redrive            move the dead-letter queue back
+              queue show <message-id>  one message, its lease and its state
+            (`cargo xtask queue --help` for the options)
+  inspect   the same as `queue stats`
   setup     install the pinned Python tools into .local/venv";
 
 fn root() -> PathBuf {
@@ -42,7 +49,9 @@ async fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("dev") => dev().await,
         Some("test") => test().await,
-        Some("inspect") => inspect::run(&args[1..]).await,
+        Some("faults") => faults(&args[1..]).await,
+        Some("queue") => queue::run(&args[1..]).await,
+        Some("inspect") => queue::inspect(&args[1..]).await,
         Some("setup") => python::ensure(&root()).map(|_| ()),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -60,6 +69,90 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn has_nextest() -> bool {
+    Command::new("cargo-nextest")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The fault-injection suite, with its figures printed.
+fn fault_suite(nextest: bool) -> Command {
+    if nextest {
+        cargo(&[
+            "nextest",
+            "run",
+            "-p",
+            "e2e-tests",
+            "--test",
+            "fault_injection",
+            "--run-ignored",
+            "only",
+            "--no-capture",
+        ])
+    } else {
+        cargo(&[
+            "test",
+            "-p",
+            "e2e-tests",
+            "--test",
+            "fault_injection",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ])
+    }
+}
+
+/// A fresh stack on free ports, logging to `logs`, tuned for tests: short retry
+/// delays, and a short queue visibility timeout (template: 180 s) and lease so
+/// that recovery from a killed delivery happens within a test's time.
+async fn start_test_stack(root: &Path, tools: &python::Tools, logs: &Path) -> Result<Stack> {
+    let _ = std::fs::remove_dir_all(logs);
+    println!(
+        "xtask: starting the local stack (logs in {})",
+        logs.display()
+    );
+    Stack::start(
+        root,
+        tools,
+        Options {
+            ports: Ports::free()?,
+            sink: LogSink::Dir(logs.to_path_buf()),
+            function_env: vec![
+                ("RETRY_BASE_SECONDS".into(), "1".into()),
+                ("RETRY_MAX_SECONDS".into(), "2".into()),
+                ("PROVIDER_TIMEOUT_SECONDS".into(), "5".into()),
+                ("LEASE_SECONDS".into(), "10".into()),
+            ],
+            visibility_timeout: Some(20),
+            concurrency: 4,
+        },
+    )
+    .await
+}
+
+/// `cargo xtask faults [--messages N]`: the long mode of the fault-injection suite.
+async fn faults(args: &[String]) -> Result<()> {
+    let messages = match args {
+        [] => 1000,
+        [flag, n] if flag == "--messages" => n.parse()?,
+        _ => bail!("usage: cargo xtask faults [--messages N]"),
+    };
+    let root = root();
+    let tools = python::ensure(&root)?;
+    python::run(&mut cargo(&["build", "--workspace", "--all-targets"]))?;
+    let logs = root.join("target/xtask/logs");
+    let stack = start_test_stack(&root, &tools, &logs).await?;
+    let result = python::run(
+        fault_suite(has_nextest())
+            .env("FAULT_MESSAGES", messages.to_string())
+            .envs(stack.env.iter().map(|(k, v)| (k, v))),
+    );
+    stack.stop().await;
+    result
 }
 
 fn cargo(args: &[&str]) -> Command {
@@ -83,11 +176,13 @@ async fn dev() -> Result<()> {
                 ("RETRY_BASE_SECONDS".into(), "2".into()),
                 ("RETRY_MAX_SECONDS".into(), "30".into()),
             ],
+            visibility_timeout: None,
+            concurrency: 2,
         },
     )
     .await?;
     println!(
-        "\nxtask: local stack ready\n  API:            {api}\n  AWS emulator:   {emu} (table {table}, queue {queue})\n  Provider sim:   {sim}\n\n  curl -s -X POST {api}/messages/outbound -H 'content-type: application/json' \\\n    -d '{{\"from\":\"+18045551234\",\"to\":\"+12016661234\",\"type\":\"sms\",\"body\":\"Hello\",\"attachments\":null}}'\n  cargo xtask inspect\n\nPress Ctrl-C to stop.",
+        "\nxtask: local stack ready\n  API:            {api}\n  AWS emulator:   {emu} (table {table}, queue {queue})\n  Provider sim:   {sim}\n\n  curl -s -X POST {api}/messages/outbound -H 'content-type: application/json' \\\n    -d '{{\"from\":\"+18045551234\",\"to\":\"+12016661234\",\"type\":\"sms\",\"body\":\"Hello\",\"attachments\":null}}'\n  cargo xtask queue stats\n\nPress Ctrl-C to stop.",
         api = stack.api_url,
         emu = stack.emulator_url,
         table = stack::TABLE_NAME,
@@ -151,39 +246,23 @@ async fn test() -> Result<()> {
     python::run(&mut cargo(&["build", "--workspace", "--all-targets"]))?;
 
     let logs = root.join("target/xtask/logs");
-    let _ = std::fs::remove_dir_all(&logs);
-    println!(
-        "xtask: starting the local stack (logs in {})",
-        logs.display()
-    );
-    let stack = Stack::start(
-        &root,
-        &tools,
-        Options {
-            ports: Ports::free()?,
-            sink: LogSink::Dir(logs.clone()),
-            function_env: vec![
-                ("RETRY_BASE_SECONDS".into(), "1".into()),
-                ("RETRY_MAX_SECONDS".into(), "2".into()),
-                ("PROVIDER_TIMEOUT_SECONDS".into(), "5".into()),
-            ],
-        },
-    )
-    .await?;
+    let stack = start_test_stack(&root, &tools, &logs).await?;
     println!("xtask: stack ready at {}; running the tests", stack.api_url);
-    let nextest = Command::new("cargo-nextest")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let mut tests = if nextest {
+    let nextest = has_nextest();
+    // Everything but the fault-injection suite (it is #[ignore]d: it changes the
+    // simulator's global settings and kills processes), then that suite alone.
+    let mut suites = if nextest {
         cargo(&["nextest", "run", "--workspace", "--no-fail-fast"])
     } else {
         cargo(&["test", "--workspace", "--no-fail-fast"])
     };
-    tests.envs(stack.env.iter().map(|(k, v)| (k, v)));
-    let test_result = python::run(&mut tests);
+    let mut result = python::run(suites.envs(stack.env.iter().map(|(k, v)| (k, v))));
+    if result.is_ok() {
+        println!("xtask: fault-injection suite");
+        result = python::run(fault_suite(nextest).envs(stack.env.iter().map(|(k, v)| (k, v))));
+    }
     stack.stop().await;
-    if let Err(e) = test_result {
+    if let Err(e) = result {
         eprintln!(
             "xtask: tests failed: {e:#}\nxtask: service logs are in {}",
             logs.display()

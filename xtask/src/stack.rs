@@ -56,6 +56,12 @@ pub struct Options {
     pub sink: LogSink,
     /// Extra settings for the functions (e.g. short retry delays in tests).
     pub function_env: Vec<(String, String)>,
+    /// Replaces the template's queue visibility timeout (tests shorten it so that
+    /// crash recovery happens within a test's time).
+    pub visibility_timeout: Option<i64>,
+    /// Function instances per function (`cargo lambda watch --concurrency`) and
+    /// concurrent batches of the bridge.
+    pub concurrency: u32,
 }
 
 pub struct Stack {
@@ -107,8 +113,13 @@ impl Stack {
             ports,
             sink,
             function_env,
+            visibility_timeout,
+            concurrency,
         } = options;
-        let infra = template::load(&root.join("template.yaml"))?;
+        let mut infra = template::load(&root.join("template.yaml"))?;
+        if visibility_timeout.is_some() {
+            infra.queue.visibility_timeout = visibility_timeout;
+        }
         let mut services = Vec::new();
         let emulator_url = format!("http://127.0.0.1:{}", ports.emulator);
 
@@ -215,6 +226,8 @@ impl Stack {
                 "127.0.0.1",
                 "-P",
                 &ports.api.to_string(),
+                "--concurrency",
+                &concurrency.to_string(),
             ])
             .env("PATH", tools.path_env())
             .envs(env.iter().map(|(k, v)| (k, v)));
@@ -227,6 +240,7 @@ impl Stack {
         let mut bridge = Command::new(root.join("target/debug/sqs-bridge"));
         bridge
             .args(["--queue-url", &queue_url, "--invoke-url", &invoke_url])
+            .args(["--pollers", &concurrency.to_string()])
             .envs(env.iter().map(|(k, v)| (k, v)));
         let (service, _) = Service::start(
             "sqs-bridge",
