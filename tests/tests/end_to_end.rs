@@ -164,6 +164,23 @@ async fn a_provider_500_is_retried_until_sent() {
         .map(|r| r["status"].as_u64().unwrap())
         .collect();
     assert_eq!(statuses, vec![500, 201]);
+    let history: Vec<(&str, bool)> = message["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| (h["status"].as_str().unwrap(), h["error"].is_string()))
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            ("queued", false),
+            ("sending", false),
+            ("queued", true),
+            ("sending", false),
+            ("sent", false)
+        ],
+        "{message}"
+    );
 }
 
 #[tokio::test]

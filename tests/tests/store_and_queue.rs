@@ -176,6 +176,19 @@ async fn retry_requeues_with_the_reason() {
     let m = store.get(&message.id).await.unwrap().unwrap();
     assert_eq!(m.status, Status::Queued);
     assert_eq!(m.last_error.as_deref(), Some("twilio answered 500"));
+    let history: Vec<(Status, Option<&str>)> = m
+        .history
+        .iter()
+        .map(|h| (h.status, h.error.as_deref()))
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            (Status::Queued, None),
+            (Status::Sending, None),
+            (Status::Queued, Some("twilio answered 500"))
+        ]
+    );
     assert_eq!(
         m.next_attempt_at.map(|t| t.unix_timestamp()),
         Some(next.unix_timestamp())

@@ -146,6 +146,20 @@ fn epoch(t: OffsetDateTime) -> AttributeValue {
     AttributeValue::N(t.unix_timestamp().to_string())
 }
 
+/// A one-entry list to append to the message's `history`.
+fn history_entry(at: OffsetDateTime, status: Status, error: Option<&str>) -> AttributeValue {
+    let mut entry = HashMap::from([
+        ("at".to_owned(), rfc3339(at)),
+        ("status".to_owned(), s(status.as_str())),
+    ]);
+    if let Some(error) = error {
+        entry.insert("error".to_owned(), s(error));
+    }
+    AttributeValue::L(vec![AttributeValue::M(entry)])
+}
+
+const APPEND_HISTORY: &str = "history = list_append(if_not_exists(history, :no_history), :history)";
+
 impl MessageStore for DynamoDbStore {
     async fn insert_outbound(
         &self,
@@ -298,10 +312,12 @@ impl MessageStore for DynamoDbStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", Self::message_key(id))
-            .update_expression(
+            .update_expression(format!(
                 "SET #status = :sending, lease_id = :lease, lease_expires_at = :expires, \
-                 attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now",
-            )
+                 attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now, {APPEND_HISTORY}"
+            ))
+            .expression_attribute_values(":history", history_entry(now, Status::Sending, None))
+            .expression_attribute_values(":no_history", AttributeValue::L(Vec::new()))
             .condition_expression(
                 "attribute_exists(pk) AND (#status = :queued OR (#status = :sending AND lease_expires_at < :now_epoch))",
             )
@@ -358,45 +374,59 @@ impl MessageStore for DynamoDbStore {
         completion: &Completion,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let update = self
+        let (status, reason, set) = match completion {
+            Completion::Sent { .. } => (
+                Status::Sent,
+                None,
+                "provider_message_id = :pid, next_attempt_at = :null",
+            ),
+            Completion::Failed { reason } => (
+                Status::Failed,
+                Some(reason),
+                "last_error = :reason, next_attempt_at = :null",
+            ),
+            Completion::Retry { reason, .. } => (
+                Status::Queued,
+                Some(reason),
+                "last_error = :reason, next_attempt_at = :next",
+            ),
+        };
+        let mut update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", Self::message_key(id))
+            .update_expression(format!(
+                "SET #status = :status, {set}, updated_at = :now, {APPEND_HISTORY} REMOVE lease_id, lease_expires_at"
+            ))
             .condition_expression("#status = :sending AND lease_id = :lease")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":sending", s(Status::Sending.as_str()))
             .expression_attribute_values(":lease", s(lease_id))
-            .expression_attribute_values(":now", rfc3339(now));
-        const CLEAR_LEASE: &str = "REMOVE lease_id, lease_expires_at";
-        let update = match completion {
-            Completion::Sent { provider_message_id } => update
-                .update_expression(format!(
-                    "SET #status = :status, provider_message_id = :pid, next_attempt_at = :null, updated_at = :now {CLEAR_LEASE}"
-                ))
-                .expression_attribute_values(":status", s(Status::Sent.as_str()))
+            .expression_attribute_values(":now", rfc3339(now))
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":history", history_entry(now, status, reason.map(String::as_str)))
+            .expression_attribute_values(":no_history", AttributeValue::L(Vec::new()));
+        if let Some(reason) = reason {
+            update = update.expression_attribute_values(":reason", s(reason));
+        }
+        update = match completion {
+            Completion::Sent {
+                provider_message_id,
+            } => update
                 .expression_attribute_values(
                     ":pid",
-                    provider_message_id.clone().map_or(AttributeValue::Null(true), AttributeValue::S),
+                    provider_message_id
+                        .clone()
+                        .map_or(AttributeValue::Null(true), AttributeValue::S),
                 )
                 .expression_attribute_values(":null", AttributeValue::Null(true)),
-            Completion::Failed { reason } => update
-                .update_expression(format!(
-                    "SET #status = :status, last_error = :reason, next_attempt_at = :null, updated_at = :now {CLEAR_LEASE}"
-                ))
-                .expression_attribute_values(":status", s(Status::Failed.as_str()))
-                .expression_attribute_values(":reason", s(reason))
-                .expression_attribute_values(":null", AttributeValue::Null(true)),
+            Completion::Failed { .. } => {
+                update.expression_attribute_values(":null", AttributeValue::Null(true))
+            }
             Completion::Retry {
-                reason,
-                next_attempt_at,
-            } => update
-                .update_expression(format!(
-                    "SET #status = :status, last_error = :reason, next_attempt_at = :next, updated_at = :now {CLEAR_LEASE}"
-                ))
-                .expression_attribute_values(":status", s(Status::Queued.as_str()))
-                .expression_attribute_values(":reason", s(reason))
-                .expression_attribute_values(":next", rfc3339(*next_attempt_at)),
+                next_attempt_at, ..
+            } => update.expression_attribute_values(":next", rfc3339(*next_attempt_at)),
         };
         update
             .send()

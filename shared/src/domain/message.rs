@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{ConversationKey, Status};
+use super::{ConversationKey, HistoryEntry, Status};
 
 /// The channel a message travels on (the API's `type` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -32,6 +32,32 @@ impl Channel {
     /// SMS and MMS share phone numbers (and a conversation); email has its own.
     pub const fn is_phone(self) -> bool {
         matches!(self, Self::Sms | Self::Mms)
+    }
+
+    /// The provider that carries this channel's messages: SMS and MMS go to
+    /// Twilio, email to SendGrid. The one place this mapping lives (routing and
+    /// the `Provider` metric dimension both use it).
+    pub const fn provider(self) -> ProviderKind {
+        match self {
+            Self::Sms | Self::Mms => ProviderKind::Twilio,
+            Self::Email => ProviderKind::SendGrid,
+        }
+    }
+}
+
+/// The providers messages are handed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    Twilio,
+    SendGrid,
+}
+
+impl ProviderKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Twilio => "twilio",
+            Self::SendGrid => "sendgrid",
+        }
     }
 }
 
@@ -90,6 +116,9 @@ pub struct Message {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Status changes, oldest first: accepted, each claim and each outcome.
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
 }
 
 impl Message {
@@ -118,6 +147,11 @@ impl Message {
             next_attempt_at: None,
             created_at: now,
             updated_at: now,
+            history: vec![HistoryEntry {
+                at: now,
+                status,
+                error: None,
+            }],
         }
     }
 
@@ -171,6 +205,13 @@ mod tests {
         assert!(json.get("messaging_provider_id").is_none());
         let back: Message = serde_json::from_value(json).unwrap();
         assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn phones_go_to_twilio_and_email_to_sendgrid() {
+        assert_eq!(Channel::Sms.provider().as_str(), "twilio");
+        assert_eq!(Channel::Mms.provider().as_str(), "twilio");
+        assert_eq!(Channel::Email.provider().as_str(), "sendgrid");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The messaging domain: pure types and rules, no AWS or HTTP types.
 
 mod conversation;
+mod history;
 pub mod idempotency;
 mod message;
 mod retry;
@@ -8,8 +9,9 @@ mod status;
 pub mod validation;
 
 pub use conversation::ConversationKey;
+pub use history::HistoryEntry;
 pub use idempotency::IdempotencyKey;
-pub use message::{Channel, Direction, Message, MessageId, NewMessage};
+pub use message::{Channel, Direction, Message, MessageId, NewMessage, ProviderKind};
 pub use retry::RetryPolicy;
 pub use status::{Status, Transition};
 pub use validation::{FieldError, validate_inbound, validate_outbound};
