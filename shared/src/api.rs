@@ -11,6 +11,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::domain::idempotency::{self, IdempotencyKey, fingerprint};
 use crate::domain::{Direction, FieldError, Message, validate_inbound, validate_outbound};
 use crate::http::{ApiError, json_object_body, json_response, raw_json_response};
+use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore, OutboundInsert};
 
 /// The answer to an accepted outbound request.
@@ -36,7 +37,7 @@ pub async fn accept_outbound(
     payload: &Map<String, Value>,
     key: Option<&IdempotencyKey>,
 ) -> Result<OutboundAccepted, ApiError> {
-    let new = validate_outbound(payload).map_err(ApiError::Validation)?;
+    let new = validate_outbound(payload).map_err(rejected)?;
     let now = OffsetDateTime::now_utc();
     let message = Message::accept(new, Direction::Outbound, now);
     let record = key.map(|key| IdempotencyRecord {
@@ -70,6 +71,10 @@ pub async fn accept_outbound(
         return Err(enqueue_error.into());
     }
     info!(message_id = %message.id, channel = message.channel.as_str(), "outbound message queued");
+    metrics::emit(
+        &[Metric::count(name::MESSAGES_ACCEPTED, 1)],
+        &[(dimension::CHANNEL, message.channel.as_str())],
+    );
     Ok(OutboundAccepted::Queued(Box::new(message)))
 }
 
@@ -78,7 +83,7 @@ pub async fn accept_inbound(
     store: &impl MessageStore,
     payload: &Map<String, Value>,
 ) -> Result<InboundInsert, ApiError> {
-    let new = validate_inbound(payload).map_err(ApiError::Validation)?;
+    let new = validate_inbound(payload).map_err(rejected)?;
     let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
     let insert = store.insert_inbound(&message).await?;
     match &insert {
@@ -86,6 +91,12 @@ pub async fn accept_inbound(
         InboundInsert::Duplicate(m) => info!(message_id = %m.id, "inbound message already stored"),
     }
     Ok(insert)
+}
+
+/// The 422 for a payload that failed validation, counted.
+fn rejected(errors: Vec<FieldError>) -> ApiError {
+    metrics::emit(&[Metric::count(name::VALIDATION_REJECTED, 1)], &[]);
+    ApiError::Validation(errors)
 }
 
 /// Reads one message by id.
@@ -206,4 +217,246 @@ fn request_span(request: &Request) -> tracing::Span {
         .map(|c| c.request_id.clone())
         .unwrap_or_default();
     info_span!("request", method = %request.method(), path = request.uri().path(), request_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::metrics::testing::{Capture, dimension_sets};
+    use crate::ports::{Claim, Completion, Lease, QueueError, StoreError};
+
+    /// Messages and idempotency records in memory.
+    #[derive(Default)]
+    struct MemoryStore {
+        messages: Mutex<HashMap<String, Message>>,
+        keys: Mutex<HashMap<String, IdempotencyRecord>>,
+    }
+
+    impl MessageStore for MemoryStore {
+        async fn insert_outbound(
+            &self,
+            message: &Message,
+            idempotency: Option<&IdempotencyRecord>,
+        ) -> Result<OutboundInsert, StoreError> {
+            if let Some(record) = idempotency {
+                let mut keys = self.keys.lock().unwrap();
+                if let Some(first) = keys.get(&record.key) {
+                    return Ok(OutboundInsert::KeyUsed(first.clone()));
+                }
+                keys.insert(record.key.clone(), record.clone());
+            }
+            self.messages
+                .lock()
+                .unwrap()
+                .insert(message.id.clone(), message.clone());
+            Ok(OutboundInsert::Created)
+        }
+
+        async fn insert_inbound(&self, message: &Message) -> Result<InboundInsert, StoreError> {
+            let mut messages = self.messages.lock().unwrap();
+            let duplicate = messages.values().find(|m| {
+                m.messaging_provider_id.is_some()
+                    && m.messaging_provider_id == message.messaging_provider_id
+            });
+            if let Some(first) = duplicate {
+                return Ok(InboundInsert::Duplicate(first.clone()));
+            }
+            messages.insert(message.id.clone(), message.clone());
+            Ok(InboundInsert::Created(message.clone()))
+        }
+
+        async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
+            Ok(self.messages.lock().unwrap().get(id).cloned())
+        }
+
+        async fn remove_queued(
+            &self,
+            id: &str,
+            idempotency_key: Option<&str>,
+        ) -> Result<(), StoreError> {
+            self.messages.lock().unwrap().remove(id);
+            if let Some(key) = idempotency_key {
+                self.keys.lock().unwrap().remove(key);
+            }
+            Ok(())
+        }
+
+        async fn claim(
+            &self,
+            _id: &str,
+            _lease: &Lease,
+            _now: OffsetDateTime,
+        ) -> Result<Claim, StoreError> {
+            unreachable!("the API never delivers")
+        }
+
+        async fn complete(
+            &self,
+            _id: &str,
+            _lease_id: &str,
+            _completion: &Completion,
+            _now: OffsetDateTime,
+        ) -> Result<(), StoreError> {
+            unreachable!("the API never delivers")
+        }
+    }
+
+    /// A queue that records what is enqueued, or refuses everything.
+    #[derive(Default)]
+    struct MemoryQueue {
+        down: bool,
+        enqueued: Mutex<Vec<String>>,
+    }
+
+    impl DeliveryQueue for MemoryQueue {
+        async fn enqueue(&self, message_id: &str, _delay: Duration) -> Result<(), QueueError> {
+            if self.down {
+                return Err(QueueError::Unavailable("queue down".into()));
+            }
+            self.enqueued.lock().unwrap().push(message_id.to_owned());
+            Ok(())
+        }
+
+        async fn postpone(
+            &self,
+            _receipt_handle: &str,
+            _delay: Duration,
+        ) -> Result<(), QueueError> {
+            unreachable!("the API never postpones")
+        }
+    }
+
+    fn payload(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    fn sms() -> Map<String, Value> {
+        payload(
+            json!({"from": "+18045551234", "to": "+12016661234", "type": "sms",
+                       "body": "hi", "attachments": null}),
+        )
+    }
+
+    #[tokio::test]
+    async fn queued_outbound_counts_as_accepted_per_channel() {
+        let (store, queue) = (MemoryStore::default(), MemoryQueue::default());
+        let capture = Capture::start();
+
+        let accepted = accept_outbound(&store, &queue, &sms(), None).await.unwrap();
+
+        assert!(matches!(accepted, OutboundAccepted::Queued(_)));
+        assert_eq!(queue.enqueued.lock().unwrap().len(), 1);
+        let docs = capture.documents();
+        assert_eq!(docs.len(), 1, "{docs:?}");
+        assert_eq!(docs[0]["MessagesAccepted"], 1);
+        assert_eq!(docs[0]["Channel"], "sms");
+        assert_eq!(docs[0]["Service"], "messaging");
+        assert_eq!(
+            dimension_sets(&docs[0]),
+            json!([["Service"], ["Service", "Channel"]])
+        );
+    }
+
+    #[tokio::test]
+    async fn email_is_counted_under_its_channel() {
+        let (store, queue) = (MemoryStore::default(), MemoryQueue::default());
+        let capture = Capture::start();
+        let email = payload(
+            json!({"from": "user@usehatchapp.com", "to": "contact@example.com",
+                                   "type": "email", "body": "Hello", "attachments": []}),
+        );
+
+        accept_outbound(&store, &queue, &email, None).await.unwrap();
+
+        let docs = capture.with_metric("MessagesAccepted");
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0]["Channel"], "email");
+    }
+
+    #[tokio::test]
+    async fn idempotent_replays_are_not_counted_again() {
+        let (store, queue) = (MemoryStore::default(), MemoryQueue::default());
+        let key = IdempotencyKey::parse("order-1").unwrap();
+        let capture = Capture::start();
+
+        accept_outbound(&store, &queue, &sms(), Some(&key))
+            .await
+            .unwrap();
+        let replay = accept_outbound(&store, &queue, &sms(), Some(&key))
+            .await
+            .unwrap();
+
+        assert!(matches!(replay, OutboundAccepted::Replayed { .. }));
+        assert_eq!(capture.names(), ["MessagesAccepted"]);
+    }
+
+    #[tokio::test]
+    async fn an_outbound_that_could_not_be_queued_is_not_counted() {
+        let store = MemoryStore::default();
+        let queue = MemoryQueue {
+            down: true,
+            ..MemoryQueue::default()
+        };
+        let capture = Capture::start();
+
+        let err = accept_outbound(&store, &queue, &sms(), None)
+            .await
+            .unwrap_err();
+
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(capture.names().is_empty(), "{:?}", capture.names());
+    }
+
+    #[tokio::test]
+    async fn invalid_outbound_counts_as_validation_rejected() {
+        let (store, queue) = (MemoryStore::default(), MemoryQueue::default());
+        let capture = Capture::start();
+        let mut bad = sms();
+        bad.insert("type".into(), json!("fax"));
+
+        let err = accept_outbound(&store, &queue, &bad, None)
+            .await
+            .unwrap_err();
+
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let docs = capture.documents();
+        assert_eq!(docs.len(), 1, "{docs:?}");
+        assert_eq!(docs[0]["ValidationRejected"], 1);
+        assert_eq!(dimension_sets(&docs[0]), json!([["Service"]]));
+        assert!(queue.enqueued.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn invalid_inbound_counts_as_validation_rejected() {
+        let store = MemoryStore::default();
+        let capture = Capture::start();
+
+        let err = accept_inbound(&store, &sms()).await.unwrap_err();
+
+        assert_eq!(
+            err.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no messaging_provider_id"
+        );
+        assert_eq!(capture.names(), ["ValidationRejected"]);
+    }
+
+    #[tokio::test]
+    async fn stored_inbound_emits_nothing() {
+        let store = MemoryStore::default();
+        let capture = Capture::start();
+        let mut inbound = sms();
+        inbound.insert("messaging_provider_id".into(), json!("abc123"));
+
+        let insert = accept_inbound(&store, &inbound).await.unwrap();
+
+        assert!(matches!(insert, InboundInsert::Created(_)));
+        assert!(capture.names().is_empty());
+    }
 }

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::domain::RetryPolicy;
+use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
     Claim, Completion, DeliveryQueue, Lease, MessageStore, Provider, ProviderError, StoreError,
 };
@@ -129,11 +130,23 @@ impl<S: MessageStore, Q: DeliveryQueue, P: Provider> Deliverer<S, Q, P> {
 
         let started = std::time::Instant::now();
         let result = self.provider.send(&message).await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_millis() as u64;
         let now = OffsetDateTime::now_utc();
+        let channel = [(dimension::CHANNEL, message.channel.as_str())];
+        metrics::emit(
+            &[Metric::milliseconds(name::PROVIDER_LATENCY, elapsed)],
+            &[(dimension::PROVIDER, message.channel.provider().as_str())],
+        );
         let (completion, delay) = match result {
             Ok(accepted) => {
                 info!(provider_message_id = ?accepted.provider_message_id, elapsed_ms, "sent");
+                metrics::emit(&[Metric::count(name::MESSAGES_DELIVERED, 1)], &channel);
+                let age = Duration::try_from(now - message.created_at).unwrap_or_default();
+                metrics::emit(
+                    &[Metric::milliseconds(name::MESSAGE_AGE_AT_DELIVERY, age)],
+                    &[],
+                );
                 (
                     Completion::Sent {
                         provider_message_id: accepted.provider_message_id,
@@ -143,12 +156,14 @@ impl<S: MessageStore, Q: DeliveryQueue, P: Provider> Deliverer<S, Q, P> {
             }
             Err(ProviderError::Rejected { reason }) => {
                 warn!(reason, elapsed_ms, "provider rejected the message");
+                metrics::emit(&[Metric::count(name::MESSAGES_FAILED, 1)], &channel);
                 (Completion::Failed { reason }, None)
             }
             Err(ProviderError::Retryable { reason, .. })
                 if self.retry.is_last_receive(record.receive_count) =>
             {
                 warn!(reason, attempts = message.attempts, "retries exhausted");
+                metrics::emit(&[Metric::count(name::MESSAGES_FAILED, 1)], &channel);
                 (
                     Completion::Failed {
                         reason: format!("retries exhausted: {reason}"),
@@ -158,8 +173,13 @@ impl<S: MessageStore, Q: DeliveryQueue, P: Provider> Deliverer<S, Q, P> {
             }
             Err(ProviderError::Retryable {
                 reason,
+                kind,
                 retry_after,
             }) => {
+                metrics::emit(
+                    &[Metric::count(name::DELIVERY_RETRIED, 1)],
+                    &[(dimension::REASON, kind.as_str())],
+                );
                 let delay = self
                     .retry
                     .delay(message.attempts, retry_after, rand::random::<f64>());
@@ -239,7 +259,11 @@ mod tests {
 
     use super::*;
     use crate::domain::{Channel, Direction, Message, NewMessage, Status};
-    use crate::ports::{Accepted, IdempotencyRecord, InboundInsert, OutboundInsert, QueueError};
+    use crate::metrics::testing::{Capture, dimension_sets};
+    use crate::ports::{
+        Accepted, IdempotencyRecord, InboundInsert, OutboundInsert, QueueError, RetryReason,
+    };
+    use serde_json::json;
 
     // ---- fakes ---------------------------------------------------------------
 
@@ -512,8 +536,17 @@ mod tests {
     }
 
     fn retryable(reason: &str, retry_after: Option<Duration>) -> FakeProvider {
+        retryable_as(RetryReason::ServerError, reason, retry_after)
+    }
+
+    fn retryable_as(
+        kind: RetryReason,
+        reason: &str,
+        retry_after: Option<Duration>,
+    ) -> FakeProvider {
         FakeProvider::answering(Err(ProviderError::Retryable {
             reason: reason.to_owned(),
+            kind,
             retry_after,
         }))
     }
@@ -632,7 +665,11 @@ mod tests {
     async fn retryable_honours_a_longer_retry_after() {
         let d = deliverer(
             claimed_store(1),
-            retryable("429 throttled", Some(Duration::from_secs(30))),
+            retryable_as(
+                RetryReason::Throttled,
+                "429 throttled",
+                Some(Duration::from_secs(30)),
+            ),
         );
         let before = OffsetDateTime::now_utc();
 
@@ -942,5 +979,178 @@ mod tests {
 
         assert!(failed.is_empty(), "{failed:?}");
         assert_eq!(d.store.completed().len(), 1);
+    }
+
+    // ---- metrics -------------------------------------------------------------
+
+    #[tokio::test]
+    async fn a_sent_message_counts_latency_delivery_and_age() {
+        let d = deliverer(claimed_store(1), FakeProvider::accepting("SM123"));
+        let capture = Capture::start();
+
+        d.deliver(&single_record(1)).await;
+
+        assert_eq!(
+            capture.names(),
+            [
+                "ProviderLatency",
+                "MessagesDelivered",
+                "MessageAgeAtDelivery"
+            ]
+        );
+        let latency = &capture.with_metric("ProviderLatency")[0];
+        assert_eq!(latency["Provider"], "twilio");
+        assert_eq!(
+            dimension_sets(latency),
+            json!([["Service"], ["Service", "Provider"]])
+        );
+        assert!(latency["ProviderLatency"].as_f64().unwrap() >= 0.0);
+        let delivered = &capture.with_metric("MessagesDelivered")[0];
+        assert_eq!(delivered["MessagesDelivered"], 1);
+        assert_eq!(delivered["Channel"], "sms");
+        assert_eq!(
+            dimension_sets(delivered),
+            json!([["Service"], ["Service", "Channel"]])
+        );
+        let age = &capture.with_metric("MessageAgeAtDelivery")[0];
+        assert_eq!(dimension_sets(age), json!([["Service"]]));
+        let age_ms = age["MessageAgeAtDelivery"].as_f64().unwrap();
+        assert!(
+            (0.0..60_000.0).contains(&age_ms),
+            "claimed_message was created just now: {age_ms} ms"
+        );
+    }
+
+    #[tokio::test]
+    async fn email_latency_is_sendgrids() {
+        let mut message = claimed_message(MSG_ID, 1);
+        message.channel = Channel::Email;
+        let d = deliverer(
+            FakeStore::new().with_claim(MSG_ID, Claim::Claimed(message)),
+            FakeProvider::accepting("sg-1"),
+        );
+        let capture = Capture::start();
+
+        d.deliver(&single_record(1)).await;
+
+        assert_eq!(
+            capture.with_metric("ProviderLatency")[0]["Provider"],
+            "sendgrid"
+        );
+        assert_eq!(
+            capture.with_metric("MessagesDelivered")[0]["Channel"],
+            "email"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_throttled_send_counts_a_retry_for_throttling() {
+        let d = deliverer(
+            claimed_store(1),
+            retryable_as(
+                RetryReason::Throttled,
+                "twilio answered 429: slow down",
+                None,
+            ),
+        );
+        let capture = Capture::start();
+
+        assert_eq!(d.deliver(&single_record(1)).await, RecordOutcome::Retry);
+
+        assert_eq!(capture.names(), ["ProviderLatency", "DeliveryRetried"]);
+        let retried = &capture.with_metric("DeliveryRetried")[0];
+        assert_eq!(retried["DeliveryRetried"], 1);
+        assert_eq!(retried["Reason"], "throttled");
+        assert_eq!(
+            dimension_sets(retried),
+            json!([["Service"], ["Service", "Reason"]])
+        );
+    }
+
+    #[tokio::test]
+    async fn every_retry_reason_is_its_own_dimension_value() {
+        for (kind, expected) in [
+            (RetryReason::Throttled, "throttled"),
+            (RetryReason::ServerError, "server_error"),
+            (RetryReason::Timeout, "timeout"),
+            (RetryReason::Connection, "connection"),
+        ] {
+            let d = deliverer(claimed_store(1), retryable_as(kind, "x", None));
+            let capture = Capture::start();
+            d.deliver(&single_record(1)).await;
+            let retried = capture.with_metric("DeliveryRetried");
+            assert_eq!(retried.len(), 1, "{kind:?}");
+            assert_eq!(retried[0]["Reason"], expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rejected_message_counts_as_failed() {
+        let d = deliverer(
+            claimed_store(1),
+            FakeProvider::answering(Err(ProviderError::Rejected {
+                reason: "invalid number".into(),
+            })),
+        );
+        let capture = Capture::start();
+
+        d.deliver(&single_record(1)).await;
+
+        assert_eq!(capture.names(), ["ProviderLatency", "MessagesFailed"]);
+        let failed = &capture.with_metric("MessagesFailed")[0];
+        assert_eq!(failed["MessagesFailed"], 1);
+        assert_eq!(failed["Channel"], "sms");
+        assert_eq!(
+            dimension_sets(failed),
+            json!([["Service"], ["Service", "Channel"]])
+        );
+    }
+
+    #[tokio::test]
+    async fn exhausted_retries_count_as_failed_not_retried() {
+        let d = deliverer(claimed_store(5), retryable("503 from provider", None));
+        let capture = Capture::start();
+
+        d.deliver(&single_record(policy().max_receives)).await;
+
+        assert_eq!(capture.names(), ["ProviderLatency", "MessagesFailed"]);
+    }
+
+    #[tokio::test]
+    async fn no_provider_call_no_metrics() {
+        let store = FakeStore::new().with_claim(MSG_ID, Claim::Settled(settled_message(MSG_ID)));
+        let d = deliverer(store, FakeProvider::accepting("SM-new"));
+        let capture = Capture::start();
+
+        d.deliver(&single_record(2)).await;
+
+        assert!(capture.names().is_empty(), "{:?}", capture.names());
+    }
+
+    #[tokio::test]
+    async fn an_invocation_counts_its_batch_and_failures() {
+        use aws_lambda_events::event::sqs::SqsEvent;
+        use lambda_runtime::{Context, LambdaEvent};
+
+        let d = deliverer(claimed_store(1), FakeProvider::accepting("SM123"));
+        let event: SqsEvent = serde_json::from_value(json!({"Records": [
+            {"messageId": "q-1", "receiptHandle": RECEIPT, "body": format!("{{\"id\":\"{MSG_ID}\"}}"),
+             "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}},
+            {"messageId": "q-bad", "receiptHandle": "r-bad", "body": "garbage",
+             "attributes": {}, "messageAttributes": {}}
+        ]}))
+        .unwrap();
+        let capture = Capture::start();
+
+        let response =
+            crate::adapters::sqs::handle_event(&d, LambdaEvent::new(event, Context::default()))
+                .await;
+
+        assert_eq!(response.batch_item_failures.len(), 1);
+        let batch = capture.with_metric("BatchSize");
+        assert_eq!(batch.len(), 1, "one line per invocation");
+        assert_eq!(batch[0]["BatchSize"], 2);
+        assert_eq!(batch[0]["BatchFailures"], 1);
+        assert_eq!(dimension_sets(&batch[0]), json!([["Service"]]));
     }
 }

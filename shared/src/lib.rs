@@ -8,5 +8,6 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod ports;
 pub mod telemetry;

@@ -158,11 +158,37 @@ pub enum ProviderError {
     #[error("{reason}")]
     Retryable {
         reason: String,
+        /// What kind of failure it was (the `Reason` of the `DeliveryRetried` metric).
+        kind: RetryReason,
         retry_after: Option<Duration>,
     },
     /// The provider refused this message; sending it again would fail the same way.
     #[error("{reason}")]
     Rejected { reason: String },
+}
+
+/// Why a retryable provider call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryReason {
+    /// 429 Too Many Requests.
+    Throttled,
+    /// A 5xx answer, or 408 Request Timeout.
+    ServerError,
+    /// No answer in time.
+    Timeout,
+    /// The connection failed, or another transport error.
+    Connection,
+}
+
+impl RetryReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::ServerError => "server_error",
+            Self::Timeout => "timeout",
+            Self::Connection => "connection",
+        }
+    }
 }
 
 /// The provider accepted the message.

@@ -9,8 +9,8 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use super::sendgrid::SendGrid;
 use super::twilio::Twilio;
 use crate::config::{Config, ConfigError, require};
-use crate::domain::{Channel, Message};
-use crate::ports::{Accepted, Provider, ProviderError};
+use crate::domain::{Message, ProviderKind};
+use crate::ports::{Accepted, Provider, ProviderError, RetryReason};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -53,9 +53,9 @@ impl Providers {
 
 impl Provider for Providers {
     async fn send(&self, message: &Message) -> Result<Accepted, ProviderError> {
-        match message.channel {
-            Channel::Sms | Channel::Mms => self.twilio.send(message).await,
-            Channel::Email => self.sendgrid.send(message).await,
+        match message.channel.provider() {
+            ProviderKind::Twilio => self.twilio.send(message).await,
+            ProviderKind::SendGrid => self.sendgrid.send(message).await,
         }
     }
 }
@@ -69,30 +69,32 @@ pub fn classify_status(
     detail: &str,
 ) -> ProviderError {
     let reason = format!("{provider} answered {}: {detail}", status.as_u16());
-    if status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status.is_server_error()
-    {
-        ProviderError::Retryable {
-            reason,
-            retry_after: retry_after(headers, SystemTime::now()),
-        }
+    let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+        RetryReason::Throttled
+    } else if status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
+        RetryReason::ServerError
     } else {
-        ProviderError::Rejected { reason }
+        return ProviderError::Rejected { reason };
+    };
+    ProviderError::Retryable {
+        reason,
+        kind,
+        retry_after: retry_after(headers, SystemTime::now()),
     }
 }
 
 /// No answer at all (timeout, connection refused or reset): retry.
 pub fn classify_transport(provider: &str, error: &reqwest::Error) -> ProviderError {
-    let kind = if error.is_timeout() {
-        "timed out"
+    let (what, kind) = if error.is_timeout() {
+        ("timed out", RetryReason::Timeout)
     } else if error.is_connect() {
-        "connection failed"
+        ("connection failed", RetryReason::Connection)
     } else {
-        "request failed"
+        ("request failed", RetryReason::Connection)
     };
     ProviderError::Retryable {
-        reason: format!("{provider} {kind}: {error}"),
+        reason: format!("{provider} {what}: {error}"),
+        kind,
         retry_after: None,
     }
 }
@@ -131,15 +133,78 @@ mod tests {
 
     #[test]
     fn throttling_and_server_errors_are_retried() {
-        for code in [429, 408, 500, 502, 503, 504] {
+        for (code, expected) in [
+            (429, RetryReason::Throttled),
+            (408, RetryReason::ServerError),
+            (500, RetryReason::ServerError),
+            (502, RetryReason::ServerError),
+            (503, RetryReason::ServerError),
+            (504, RetryReason::ServerError),
+        ] {
             let status = StatusCode::from_u16(code).unwrap();
-            assert!(
-                matches!(
-                    classify_status("twilio", status, &headers(None), "x"),
-                    ProviderError::Retryable { .. }
-                ),
-                "{code}"
-            );
+            match classify_status("twilio", status, &headers(None), "x") {
+                ProviderError::Retryable { kind, .. } => assert_eq!(kind, expected, "{code}"),
+                other => panic!("{code}: expected Retryable, got {other:?}"),
+            }
+        }
+    }
+
+    /// A real transport error from a client with the given timeout.
+    async fn transport_error(url: &str, timeout: Duration) -> reqwest::Error {
+        http_client(timeout)
+            .unwrap()
+            .get(url)
+            .send()
+            .await
+            .expect_err("the request must fail")
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_retried_as_connection_failures() {
+        // A port that was just free: nothing listens there any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let error =
+            transport_error(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(5)).await;
+        match classify_transport("twilio", &error) {
+            ProviderError::Retryable {
+                reason,
+                kind,
+                retry_after,
+            } => {
+                assert_eq!(kind, RetryReason::Connection, "{reason}");
+                assert!(reason.starts_with("twilio connection failed: "), "{reason}");
+                assert_eq!(retry_after, None);
+            }
+            other => panic!("expected Retryable, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_are_retried_as_timeouts() {
+        // Accepts the connection and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let hold = tokio::spawn(async move {
+            let (_socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        });
+        let error = transport_error(&url, Duration::from_millis(200)).await;
+        hold.abort();
+        match classify_transport("sendgrid", &error) {
+            ProviderError::Retryable {
+                reason,
+                kind,
+                retry_after,
+            } => {
+                assert_eq!(kind, RetryReason::Timeout, "{reason}");
+                assert!(reason.starts_with("sendgrid timed out: "), "{reason}");
+                assert_eq!(retry_after, None);
+            }
+            other => panic!("expected Retryable, got {other:?}"),
         }
     }
 
@@ -186,6 +251,7 @@ mod tests {
             err,
             ProviderError::Retryable {
                 reason: "twilio answered 429: slow down".into(),
+                kind: RetryReason::Throttled,
                 retry_after: Some(Duration::from_secs(2))
             }
         );

@@ -14,6 +14,7 @@ use lambda_runtime::LambdaEvent;
 use tokio::time::Instant;
 
 use crate::delivery::{Deliverer, DeliveryRecord};
+use crate::metrics::{self, Metric, name};
 use crate::ports::{DeliveryQueue, MessageStore, Provider, QueueError};
 
 /// Longest visibility timeout SQS accepts (12 hours).
@@ -130,6 +131,13 @@ where
         records = records.len(),
         failed = failed.len(),
         "batch handled"
+    );
+    metrics::emit(
+        &[
+            Metric::count(name::BATCH_SIZE, records.len() as u64),
+            Metric::count(name::BATCH_FAILURES, failed.len() as u64),
+        ],
+        &[],
     );
     batch_response(failed)
 }
