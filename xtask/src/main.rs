@@ -1,6 +1,7 @@
 //! Developer tooling. `cargo xtask dev` runs the local stack, `cargo xtask test`
 //! runs every check and test against a fresh one.
 
+mod policy;
 mod process;
 mod python;
 mod queue;

@@ -1,0 +1,1016 @@
+//! Checks on template.yaml that `sam validate --lint` cannot make: each function is
+//! allowed exactly the (action, resource) pairs it needs and is triggered exactly as
+//! the README says, the queue's redrive and visibility timeout agree with the delivery
+//! function, every alarm notifies the alarm topic, and the dashboard shows the custom
+//! metrics under the dimensions the functions emit. Tests only.
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use serde_norway::Value;
+
+    const TABLE: &str = "MessagesTable";
+    const QUEUE: &str = "MessagesQueue";
+    const DELIVERY: &str = "DeliveryFunction";
+
+    /// Every (action, logical id of the resource) pair a function may use.
+    const EXPECTED_GRANTS: &[(&str, &[(&str, &str)])] = &[
+        (
+            "OutboundFunction",
+            &[
+                ("dynamodb:PutItem", TABLE),
+                ("dynamodb:GetItem", TABLE),
+                ("dynamodb:DeleteItem", TABLE),
+                ("sqs:SendMessage", QUEUE),
+            ],
+        ),
+        (
+            "InboundFunction",
+            &[("dynamodb:PutItem", TABLE), ("dynamodb:GetItem", TABLE)],
+        ),
+        ("ReadFunction", &[("dynamodb:GetItem", TABLE)]),
+        (
+            DELIVERY,
+            &[
+                ("dynamodb:GetItem", TABLE),
+                ("dynamodb:UpdateItem", TABLE),
+                // Retries are scheduled by changing the message's visibility.
+                ("sqs:ChangeMessageVisibility", QUEUE),
+                // On the last receive the queue allows, a message still to be retried
+                // is handed over to a new queue message.
+                ("sqs:SendMessage", QUEUE),
+            ],
+        ),
+    ];
+
+    /// Every function's triggers, as `describe_event` writes them (README: API, layout).
+    const EXPECTED_EVENTS: &[(&str, &[&str])] = &[
+        ("OutboundFunction", &["HttpApi POST /messages/outbound"]),
+        ("InboundFunction", &["HttpApi POST /messages/inbound"]),
+        ("ReadFunction", &["HttpApi GET /messages/{id}"]),
+        (
+            DELIVERY,
+            &["SQS MessagesQueue FunctionResponseTypes=[ReportBatchItemFailures]"],
+        ),
+    ];
+
+    const EXPECTED_ALARMS: &[&str] = &[
+        "DeadLetterQueueNotEmpty",
+        "QueueBacklogOld",
+        "DeliveryErrors",
+        "DeliveryThrottles",
+        "Api5xxRate",
+        "FailedPermanentlyRate",
+    ];
+
+    /// The custom metrics (namespace Messaging) and the dimension sets each is
+    /// emitted with besides ["Service"].
+    const CUSTOM_METRICS: &[(&str, Option<&str>)] = &[
+        ("MessagesAccepted", Some("Channel")),
+        ("ValidationRejected", None),
+        ("MessagesDelivered", Some("Channel")),
+        ("DeliveryRetried", Some("Reason")),
+        ("MessagesFailed", Some("Channel")),
+        ("ProviderLatency", Some("Provider")),
+        ("MessageAgeAtDelivery", None),
+        ("BatchSize", None),
+        ("BatchFailures", None),
+    ];
+
+    type Grants = BTreeSet<(String, String)>;
+
+    // ---- reading the template ------------------------------------------------------
+
+    fn template() -> Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        serde_norway::from_str(&text).expect("template.yaml is not valid YAML")
+    }
+
+    fn yaml(text: &str) -> Value {
+        serde_norway::from_str(text).unwrap_or_else(|e| panic!("bad YAML {text:?}: {e}"))
+    }
+
+    /// (logical id, resource) of every resource.
+    fn resources(doc: &Value) -> Vec<(&str, &Value)> {
+        doc["Resources"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .filter_map(|(id, resource)| Some((id.as_str()?, resource)))
+            .collect()
+    }
+
+    fn kind(resource: &Value) -> &str {
+        resource["Type"].as_str().unwrap_or_default()
+    }
+
+    /// An intrinsic function in either spelling: `!GetAtt x` or `{"Fn::GetAtt": x}`
+    /// gives `("GetAtt", x)`; `!Ref x` or `{"Ref": x}` gives `("Ref", x)`.
+    fn intrinsic(value: &Value) -> Option<(&str, &Value)> {
+        match value {
+            Value::Tagged(tagged) => {
+                let tag = tagged.tag.to_string();
+                let name = tag.trim_start_matches('!');
+                [
+                    "Ref",
+                    "GetAtt",
+                    "Sub",
+                    "If",
+                    "Join",
+                    "Select",
+                    "ImportValue",
+                ]
+                .into_iter()
+                .find(|known| *known == name)
+                .map(|known| (known, &tagged.value))
+            }
+            Value::Mapping(map) if map.len() == 1 => {
+                let (key, inner) = map.iter().next()?;
+                let key = key.as_str()?;
+                let name = key.strip_prefix("Fn::").or((key == "Ref").then_some(key))?;
+                Some((name, inner))
+            }
+            _ => None,
+        }
+    }
+
+    /// `!GetAtt Id.Attr` (or `[Id, Attr]`) as (Id, Attr).
+    fn get_att(value: &Value) -> Option<(String, String)> {
+        match intrinsic(value)? {
+            ("GetAtt", Value::String(dotted)) => {
+                let (id, attribute) = dotted.split_once('.')?;
+                Some((id.to_owned(), attribute.to_owned()))
+            }
+            ("GetAtt", Value::Sequence(parts)) if parts.len() == 2 => {
+                Some((parts[0].as_str()?.to_owned(), parts[1].as_str()?.to_owned()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A plain (untagged) string.
+    fn plain_str(value: &Value) -> Option<&str> {
+        match value {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A number, or a string holding one (CloudFormation accepts both).
+    fn integer(value: &Value) -> Option<i64> {
+        match value {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// A string or a list of strings, as IAM allows for Action.
+    fn one_or_many(value: &Value) -> Option<Vec<&Value>> {
+        match value {
+            Value::Sequence(items) => Some(items.iter().collect()),
+            Value::Null => None,
+            single => Some(vec![single]),
+        }
+    }
+
+    fn properties<'a>(doc: &'a Value, id: &str) -> &'a Value {
+        &doc["Resources"][id]["Properties"]
+    }
+
+    fn expected_grants(function: &str) -> Grants {
+        EXPECTED_GRANTS
+            .iter()
+            .find(|(id, _)| *id == function)
+            .map(|(_, pairs)| {
+                pairs
+                    .iter()
+                    .map(|(action, resource)| ((*action).to_owned(), (*resource).to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn show(grants: &Grants) -> String {
+        grants
+            .iter()
+            .map(|(action, resource)| format!("{action} on {resource}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    // ---- least privilege -----------------------------------------------------------
+
+    /// What `function`'s `Policies` allow, as (action, resource) pairs. Anything that
+    /// could allow more than its statements say (a managed policy, a SAM policy
+    /// template, a wildcard, NotAction, a literal ARN, a Role) is a problem.
+    fn grants(doc: &Value, function: &str, problems: &mut Vec<String>) -> Grants {
+        let mut grants = Grants::new();
+        let props = properties(doc, function);
+        for key in ["Role", "PermissionsBoundary"] {
+            if !props[key].is_null() {
+                problems.push(format!(
+                    "{function}: {key} is set; only the function's own inline Policies are allowed \
+                     (a Role replaces them, and its permissions are not checked here)"
+                ));
+            }
+        }
+        let policies = match &props["Policies"] {
+            Value::Null => return grants,
+            Value::Sequence(items) => items.iter().collect(),
+            single => vec![single],
+        };
+        for policy in policies {
+            let statements = match policy {
+                Value::Mapping(map) if intrinsic(policy).is_none() => {
+                    let mut statements = None;
+                    for (key, value) in map {
+                        match key.as_str() {
+                            Some("Statement") => statements = one_or_many(value),
+                            Some("Version") => {}
+                            other => problems.push(format!(
+                                "{function}: SAM policy template {} is used; write explicit \
+                                 Statements instead (a template's permissions can widen \
+                                 silently)",
+                                other.unwrap_or("?")
+                            )),
+                        }
+                    }
+                    statements.unwrap_or_default()
+                }
+                other => {
+                    let name = plain_str(other).map_or_else(|| format!("{other:?}"), str::to_owned);
+                    problems.push(format!(
+                        "{function}: managed policy (or intrinsic) {name} is attached; write \
+                         explicit Statements instead (a managed policy can widen silently)"
+                    ));
+                    continue;
+                }
+            };
+            for statement in statements {
+                statement_grants(function, statement, doc, &mut grants, problems);
+            }
+        }
+        grants
+    }
+
+    fn statement_grants(
+        function: &str,
+        statement: &Value,
+        doc: &Value,
+        grants: &mut Grants,
+        problems: &mut Vec<String>,
+    ) {
+        let Some(map) = statement
+            .as_mapping()
+            .filter(|_| intrinsic(statement).is_none())
+        else {
+            problems.push(format!(
+                "{function}: statement {statement:?} is not a mapping"
+            ));
+            return;
+        };
+        for key in map.keys() {
+            let key = key.as_str().unwrap_or("?");
+            if !["Sid", "Effect", "Action", "Resource"].contains(&key) {
+                problems.push(format!(
+                    "{function}: a statement uses {key}; only Effect, Action and Resource are \
+                     allowed (NotAction/NotResource widen, and this test cannot check the rest)"
+                ));
+            }
+        }
+        if plain_str(&statement["Effect"]) != Some("Allow") {
+            problems.push(format!(
+                "{function}: a statement has Effect {:?}; only Allow statements are expected",
+                statement["Effect"]
+            ));
+        }
+        let declared = one_or_many(&statement["Action"]).unwrap_or_default();
+        if declared.is_empty() {
+            problems.push(format!("{function}: a statement has no Action"));
+        }
+        let mut actions = Vec::new();
+        for action in declared {
+            match plain_str(action) {
+                Some(a) if a.contains('*') => problems.push(format!(
+                    "{function}: wildcard action {a:?}; list the actions the code calls"
+                )),
+                Some(a) => actions.push(a.to_owned()),
+                None => problems.push(format!(
+                    "{function}: action {action:?} is not a plain string"
+                )),
+            }
+        }
+        let declared = one_or_many(&statement["Resource"]).unwrap_or_default();
+        if declared.is_empty() {
+            problems.push(format!("{function}: a statement has no Resource"));
+        }
+        let mut targets = Vec::new();
+        for resource in declared {
+            match resource_id(resource, doc) {
+                Ok(id) => targets.push(id),
+                Err(why) => problems.push(format!("{function}: {why}")),
+            }
+        }
+        for action in &actions {
+            for target in &targets {
+                grants.insert((action.clone(), target.clone()));
+            }
+        }
+    }
+
+    /// The logical id a Resource entry names: `!GetAtt MessagesTable.Arn` → MessagesTable.
+    fn resource_id(resource: &Value, doc: &Value) -> Result<String, String> {
+        if let Some((id, attribute)) = get_att(resource) {
+            if attribute != "Arn" {
+                return Err(format!("resource !GetAtt {id}.{attribute} is not an ARN"));
+            }
+            if doc["Resources"][id.as_str()].is_null() {
+                return Err(format!("resource {id} is not in the template"));
+            }
+            return Ok(id);
+        }
+        match (intrinsic(resource), plain_str(resource)) {
+            (Some(("Sub", Value::String(text))), _) => {
+                if text.contains('*') {
+                    return Err(format!("wildcard resource !Sub {text:?}"));
+                }
+                // "${MessagesTable.Arn}" alone is the table; anything longer (an index,
+                // a key prefix) is listed literally, so it is never taken for the table.
+                match text
+                    .strip_prefix("${")
+                    .and_then(|t| t.strip_suffix(".Arn}"))
+                    .filter(|id| !id.contains(['$', '{', '}', '/']))
+                {
+                    Some(id) => Ok(id.to_owned()),
+                    None => Ok(format!("!Sub {text}")),
+                }
+            }
+            (_, Some(text)) if text.contains('*') => Err(format!(
+                "wildcard resource {text:?}; name the template's resource with !GetAtt <Id>.Arn"
+            )),
+            (_, Some(text)) => Err(format!(
+                "literal resource {text:?}; name the template's resource with !GetAtt <Id>.Arn"
+            )),
+            _ => Err(format!(
+                "resource {resource:?} is not !GetAtt <Id>.Arn of a template resource"
+            )),
+        }
+    }
+
+    fn lambda_functions(doc: &Value) -> BTreeSet<&str> {
+        resources(doc)
+            .into_iter()
+            .filter(|(_, r)| {
+                matches!(
+                    kind(r),
+                    "AWS::Serverless::Function" | "AWS::Lambda::Function"
+                )
+            })
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    fn permission_problems(doc: &Value) -> Vec<String> {
+        let mut problems = Vec::new();
+        let expected_functions: BTreeSet<&str> =
+            EXPECTED_GRANTS.iter().map(|(id, _)| *id).collect();
+        let functions = lambda_functions(doc);
+        if functions != expected_functions {
+            problems.push(format!(
+                "the template's functions are {functions:?}, expected {expected_functions:?}: \
+                 add a new function's exact permissions to EXPECTED_GRANTS"
+            ));
+        }
+        for (id, resource) in resources(doc) {
+            let t = kind(resource);
+            if t.starts_with("AWS::IAM::") || t == "AWS::Serverless::Connector" {
+                problems.push(format!(
+                    "resource {id} of type {t} can grant permissions outside the functions' \
+                     Policies"
+                ));
+            }
+            if !resource["Connectors"].is_null() {
+                problems.push(format!(
+                    "resource {id} has Connectors, which add IAM policies outside the \
+                     functions' Policies"
+                ));
+            }
+        }
+        for key in ["Policies", "Role", "PermissionsBoundary"] {
+            if !doc["Globals"]["Function"][key].is_null() {
+                problems.push(format!(
+                    "Globals.Function.{key} is set; permissions belong to each function"
+                ));
+            }
+        }
+        for function in functions.union(&expected_functions) {
+            let actual = grants(doc, function, &mut problems);
+            let expected = expected_grants(function);
+            let extra: Grants = actual.difference(&expected).cloned().collect();
+            let missing: Grants = expected.difference(&actual).cloned().collect();
+            if !extra.is_empty() {
+                problems.push(format!(
+                    "{function} allows more than expected: {}",
+                    show(&extra)
+                ));
+            }
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "{function} lacks what its code needs: {}",
+                    show(&missing)
+                ));
+            }
+        }
+        problems
+    }
+
+    // ---- triggers ------------------------------------------------------------------
+
+    fn describe_event(event: &Value) -> String {
+        let props = &event["Properties"];
+        match event["Type"].as_str() {
+            Some("HttpApi") => {
+                let mut text = format!(
+                    "HttpApi {} {}",
+                    props["Method"].as_str().unwrap_or("?").to_uppercase(),
+                    props["Path"].as_str().unwrap_or("?")
+                );
+                if !matches!(intrinsic(&props["ApiId"]), Some(("Ref", Value::String(api))) if api == "HttpApi")
+                {
+                    text += &format!(" (ApiId {:?}, not !Ref HttpApi)", props["ApiId"]);
+                }
+                text
+            }
+            Some("SQS") => {
+                let queue = get_att(&props["Queue"])
+                    .filter(|(_, attribute)| attribute == "Arn")
+                    .map_or_else(|| format!("{:?}", props["Queue"]), |(id, _)| id);
+                let types = one_or_many(&props["FunctionResponseTypes"])
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|t| t.as_str().unwrap_or("?"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("SQS {queue} FunctionResponseTypes=[{types}]")
+            }
+            other => format!("{} {props:?}", other.unwrap_or("?")),
+        }
+    }
+
+    fn event_problems(doc: &Value) -> Vec<String> {
+        let mut problems = Vec::new();
+        let functions = lambda_functions(doc);
+        let expected_functions: BTreeSet<&str> =
+            EXPECTED_EVENTS.iter().map(|(id, _)| *id).collect();
+        for function in functions.union(&expected_functions) {
+            let actual: BTreeSet<String> = properties(doc, function)["Events"]
+                .as_mapping()
+                .into_iter()
+                .flatten()
+                .map(|(_, event)| describe_event(event))
+                .collect();
+            let expected: BTreeSet<String> = EXPECTED_EVENTS
+                .iter()
+                .find(|(id, _)| id == function)
+                .map(|(_, events)| events.iter().map(|e| (*e).to_owned()).collect())
+                .unwrap_or_default();
+            if actual != expected {
+                problems.push(format!(
+                    "{function} is triggered by {actual:?}, the README says {expected:?}"
+                ));
+            }
+        }
+        problems
+    }
+
+    // ---- queue vs delivery function --------------------------------------------------
+
+    fn environment<'a>(doc: &'a Value, function: &str, name: &str) -> &'a Value {
+        match &properties(doc, function)["Environment"]["Variables"][name] {
+            Value::Null => &doc["Globals"]["Function"]["Environment"]["Variables"][name],
+            value => value,
+        }
+    }
+
+    fn redrive_problems(doc: &Value) -> Vec<String> {
+        let max_receive = &properties(doc, QUEUE)["RedrivePolicy"]["maxReceiveCount"];
+        let env = environment(doc, DELIVERY, "MAX_RECEIVE_COUNT");
+        match (integer(max_receive), integer(env)) {
+            (Some(queue), Some(function)) if queue == function => Vec::new(),
+            (Some(queue), Some(function)) => vec![format!(
+                "{QUEUE} RedrivePolicy.maxReceiveCount is {queue} but {DELIVERY} has \
+                 MAX_RECEIVE_COUNT={function}: the function must know which receive is the \
+                 last one"
+            )],
+            (queue, function) => vec![format!(
+                "{QUEUE} RedrivePolicy.maxReceiveCount ({queue:?}) and {DELIVERY}'s \
+                 MAX_RECEIVE_COUNT ({function:?}) must both be set to the same number"
+            )],
+        }
+    }
+
+    fn visibility_problems(doc: &Value) -> Vec<String> {
+        // Defaults when unset: SQS 30 s, SAM/Lambda 3 s.
+        let visibility = integer(&properties(doc, QUEUE)["VisibilityTimeout"]).unwrap_or(30);
+        let timeout = integer(&properties(doc, DELIVERY)["Timeout"])
+            .or_else(|| integer(&doc["Globals"]["Function"]["Timeout"]))
+            .unwrap_or(3);
+        if visibility >= 6 * timeout {
+            Vec::new()
+        } else {
+            vec![format!(
+                "{QUEUE} VisibilityTimeout is {visibility} s, less than 6 × {DELIVERY} Timeout \
+                 ({timeout} s) = {} s: a batch still running could be received again",
+                6 * timeout
+            )]
+        }
+    }
+
+    // ---- alarms and dashboard --------------------------------------------------------
+
+    fn alarm_problems(doc: &Value) -> Vec<String> {
+        let mut problems = Vec::new();
+        let notify = yaml("!If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref AWS::NoValue]");
+        let alarms: Vec<(&str, &Value)> = resources(doc)
+            .into_iter()
+            .filter(|(_, r)| kind(r) == "AWS::CloudWatch::Alarm")
+            .collect();
+        for expected in EXPECTED_ALARMS {
+            if !alarms.iter().any(|(id, _)| id == expected) {
+                problems.push(format!("alarm {expected} is missing"));
+            }
+        }
+        for (id, alarm) in alarms {
+            let props = &alarm["Properties"];
+            for key in ["AlarmActions", "OKActions"] {
+                if props[key] != notify {
+                    problems.push(format!(
+                        "alarm {id}: {key} is {:?}, expected !If [HasAlarmTopic, \
+                         [!Ref AlarmTopicArn], !Ref AWS::NoValue]",
+                        props[key]
+                    ));
+                }
+            }
+            let description = props["AlarmDescription"].as_str().unwrap_or_default();
+            if description.split_whitespace().count() < 15 {
+                problems.push(format!(
+                    "alarm {id}: AlarmDescription {description:?} must say what the alarm \
+                     means and what to do"
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The dashboard body with every `${...}` replaced by a placeholder.
+    fn dashboard_json(doc: &Value) -> Result<serde_json::Value, String> {
+        let body = resources(doc)
+            .into_iter()
+            .find(|(_, r)| kind(r) == "AWS::CloudWatch::Dashboard")
+            .map(|(_, r)| &r["Properties"]["DashboardBody"])
+            .ok_or("no AWS::CloudWatch::Dashboard")?;
+        let text = match intrinsic(body) {
+            Some(("Sub", Value::String(text))) => text.as_str(),
+            _ => plain_str(body).ok_or("DashboardBody is neither a string nor !Sub <string>")?,
+        };
+        let mut plain = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            let end = rest[start..]
+                .find('}')
+                .ok_or("unterminated ${ in DashboardBody")?;
+            plain.push_str(&rest[..start]);
+            plain.push_str("placeholder");
+            rest = &rest[start + end + 1..];
+        }
+        plain.push_str(rest);
+        serde_json::from_str(&plain).map_err(|e| format!("DashboardBody is not JSON: {e}"))
+    }
+
+    fn dashboard_problems(doc: &Value) -> Vec<String> {
+        let body = match dashboard_json(doc) {
+            Ok(body) => body,
+            Err(e) => return vec![e],
+        };
+        let mut problems = Vec::new();
+        let mut shown = BTreeSet::new();
+        let widgets = body["widgets"].as_array().cloned().unwrap_or_default();
+        for widget in &widgets {
+            let title = widget["properties"]["title"].as_str().unwrap_or("?");
+            let mut previous: Vec<String> = Vec::new();
+            for row in widget["properties"]["metrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                // [namespace, name, dim, value, ..., {options}]; "." repeats the row above.
+                let Some(items) = row.as_array() else {
+                    continue;
+                };
+                let fields: Vec<String> = items
+                    .iter()
+                    .enumerate()
+                    .map_while(|(i, item)| {
+                        let s = item.as_str()?;
+                        Some(if s == "." {
+                            previous.get(i).cloned().unwrap_or_default()
+                        } else {
+                            s.to_owned()
+                        })
+                    })
+                    .collect();
+                if fields.len() < 2 {
+                    continue; // a metric math expression
+                }
+                previous = fields.clone();
+                if fields[0] != "Messaging" {
+                    continue;
+                }
+                let name = fields[1].as_str();
+                let dimensions: Vec<&str> = fields[2..].iter().map(String::as_str).collect();
+                let Some((_, extra)) = CUSTOM_METRICS.iter().find(|(m, _)| *m == name) else {
+                    problems.push(format!("dashboard {title:?}: unknown metric {name}"));
+                    continue;
+                };
+                let ok = match dimensions.as_slice() {
+                    ["Service", "messaging"] => true,
+                    ["Service", "messaging", dim, _] => Some(*dim) == *extra,
+                    _ => false,
+                };
+                if ok {
+                    shown.insert(name.to_owned());
+                } else {
+                    problems.push(format!(
+                        "dashboard {title:?}: {name} with dimensions {dimensions:?} is not \
+                         emitted (Service=messaging{})",
+                        extra
+                            .map(|d| format!(", optionally with {d}"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        for (metric, _) in CUSTOM_METRICS {
+            if !shown.contains(*metric) {
+                problems.push(format!("dashboard shows no {metric}"));
+            }
+        }
+        problems
+    }
+
+    fn all_problems(doc: &Value) -> Vec<String> {
+        [
+            permission_problems(doc),
+            event_problems(doc),
+            redrive_problems(doc),
+            visibility_problems(doc),
+            alarm_problems(doc),
+            dashboard_problems(doc),
+        ]
+        .concat()
+    }
+
+    fn assert_none(problems: Vec<String>) {
+        assert!(
+            problems.is_empty(),
+            "template.yaml:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
+
+    // ---- the project's template -------------------------------------------------------
+
+    #[test]
+    fn each_function_is_allowed_exactly_what_its_code_needs() {
+        assert_none(permission_problems(&template()));
+    }
+
+    #[test]
+    fn each_function_is_triggered_exactly_as_the_readme_says() {
+        assert_none(event_problems(&template()));
+    }
+
+    #[test]
+    fn the_queue_redrives_after_the_receive_the_delivery_function_treats_as_last() {
+        assert_none(redrive_problems(&template()));
+    }
+
+    #[test]
+    fn the_queue_visibility_timeout_is_at_least_six_delivery_timeouts() {
+        assert_none(visibility_problems(&template()));
+    }
+
+    #[test]
+    fn every_alarm_notifies_the_alarm_topic_and_says_what_to_do() {
+        assert_none(alarm_problems(&template()));
+    }
+
+    #[test]
+    fn the_dashboard_is_json_showing_every_custom_metric_as_emitted() {
+        assert_none(dashboard_problems(&template()));
+    }
+
+    // ---- each check can fail ----------------------------------------------------------
+
+    fn at<'a>(doc: &'a mut Value, path: &str) -> &'a mut Value {
+        path.split('.')
+            .fold(doc, |value, key| match key.parse::<usize>() {
+                Ok(index) => &mut value[index],
+                Err(_) => &mut value[key],
+            })
+    }
+
+    fn push(doc: &mut Value, path: &str, item: &str) {
+        at(doc, path)
+            .as_sequence_mut()
+            .unwrap_or_else(|| panic!("{path} is not a list"))
+            .push(yaml(item));
+    }
+
+    type Edit = fn(&mut Value);
+
+    /// (what is changed, the change, a fragment of the problem it must cause).
+    const WIDENINGS: &[(&str, Edit, &str)] = &[
+        (
+            "an extra action",
+            |d| {
+                *at(
+                    d,
+                    "Resources.ReadFunction.Properties.Policies.0.Statement.0.Action",
+                ) = yaml("[dynamodb:GetItem, dynamodb:Scan]")
+            },
+            "ReadFunction allows more than expected: dynamodb:Scan on MessagesTable",
+        ),
+        (
+            "an extra resource",
+            |d| {
+                *at(
+                    d,
+                    "Resources.ReadFunction.Properties.Policies.0.Statement.0.Resource",
+                ) = yaml("[!GetAtt MessagesTable.Arn, !GetAtt DeadLetterQueue.Arn]")
+            },
+            "ReadFunction allows more than expected: dynamodb:GetItem on DeadLetterQueue",
+        ),
+        (
+            "an extra statement",
+            |d| {
+                push(
+                    d,
+                    "Resources.InboundFunction.Properties.Policies.0.Statement",
+                    "{Effect: Allow, Action: sqs:SendMessage, Resource: !GetAtt MessagesQueue.Arn}",
+                )
+            },
+            "InboundFunction allows more than expected: sqs:SendMessage on MessagesQueue",
+        ),
+        (
+            "a missing action",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Policies.0.Statement.1.Action",
+                ) = yaml("[sqs:ChangeMessageVisibility]")
+            },
+            "DeliveryFunction lacks what its code needs: sqs:SendMessage on MessagesQueue",
+        ),
+        (
+            "a wildcard action",
+            |d| {
+                *at(
+                    d,
+                    "Resources.OutboundFunction.Properties.Policies.0.Statement.0.Action",
+                ) = yaml("dynamodb:*")
+            },
+            "OutboundFunction: wildcard action \"dynamodb:*\"",
+        ),
+        (
+            "a wildcard resource",
+            |d| {
+                *at(
+                    d,
+                    "Resources.ReadFunction.Properties.Policies.0.Statement.0.Resource",
+                ) = yaml("\"*\"")
+            },
+            "ReadFunction: wildcard resource \"*\"",
+        ),
+        (
+            "a wildcard in a !Sub resource",
+            |d| {
+                *at(
+                    d,
+                    "Resources.ReadFunction.Properties.Policies.0.Statement.0.Resource",
+                ) = yaml("!Sub \"${MessagesTable.Arn}/index/*\"")
+            },
+            "ReadFunction: wildcard resource !Sub",
+        ),
+        (
+            "a literal ARN",
+            |d| {
+                *at(
+                    d,
+                    "Resources.ReadFunction.Properties.Policies.0.Statement.0.Resource",
+                ) = yaml("arn:aws:dynamodb:us-east-1:123456789012:table/messages")
+            },
+            "ReadFunction: literal resource",
+        ),
+        (
+            "NotAction",
+            |d| {
+                *at(
+                    d,
+                    "Resources.ReadFunction.Properties.Policies.0.Statement.0.NotAction",
+                ) = yaml("iam:*")
+            },
+            "ReadFunction: a statement uses NotAction",
+        ),
+        (
+            "a SAM policy template",
+            |d| {
+                push(
+                    d,
+                    "Resources.InboundFunction.Properties.Policies",
+                    "DynamoDBCrudPolicy: {TableName: !Ref MessagesTable}",
+                )
+            },
+            "InboundFunction: SAM policy template DynamoDBCrudPolicy is used",
+        ),
+        (
+            "a managed policy",
+            |d| {
+                push(
+                    d,
+                    "Resources.ReadFunction.Properties.Policies",
+                    "AmazonSQSFullAccess",
+                )
+            },
+            "ReadFunction: managed policy",
+        ),
+        (
+            "a Role",
+            |d| {
+                *at(d, "Resources.ReadFunction.Properties.Role") =
+                    yaml("arn:aws:iam::123456789012:role/admin")
+            },
+            "ReadFunction: Role is set",
+        ),
+        (
+            "an IAM resource",
+            |d| {
+                *at(d, "Resources.ExtraPolicy") = yaml(
+                    "{Type: AWS::IAM::Policy, Properties: {PolicyName: x, Roles: [!Ref ReadFunctionRole]}}",
+                )
+            },
+            "resource ExtraPolicy of type AWS::IAM::Policy",
+        ),
+        (
+            "a function without expectations",
+            |d| {
+                *at(d, "Resources.AdminFunction") = yaml(
+                    "{Type: AWS::Serverless::Function, Properties: {Policies: [AdministratorAccess]}}",
+                )
+            },
+            "add a new function's exact permissions to EXPECTED_GRANTS",
+        ),
+        (
+            "an extra route",
+            |d| {
+                *at(d, "Resources.ReadFunction.Properties.Events.List") = yaml(
+                    "{Type: HttpApi, Properties: {ApiId: !Ref HttpApi, Path: /messages, Method: GET}}",
+                )
+            },
+            "ReadFunction is triggered by",
+        ),
+        (
+            "a route on an implicit API",
+            |d| {
+                *at(
+                    d,
+                    "Resources.OutboundFunction.Properties.Events.Post.Properties.ApiId",
+                ) = Value::Null
+            },
+            "OutboundFunction is triggered by",
+        ),
+        (
+            "no partial batch responses",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Events.Queue.Properties.FunctionResponseTypes",
+                ) = Value::Null
+            },
+            "DeliveryFunction is triggered by {\"SQS MessagesQueue FunctionResponseTypes=[]\"}",
+        ),
+        (
+            "a redrive after a different receive",
+            |d| {
+                *at(
+                    d,
+                    "Resources.MessagesQueue.Properties.RedrivePolicy.maxReceiveCount",
+                ) = yaml("3")
+            },
+            "maxReceiveCount is 3 but DeliveryFunction has MAX_RECEIVE_COUNT=5",
+        ),
+        (
+            "no MAX_RECEIVE_COUNT",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Environment.Variables.MAX_RECEIVE_COUNT",
+                ) = Value::Null
+            },
+            "must both be set to the same number",
+        ),
+        (
+            "a short visibility timeout",
+            |d| *at(d, "Resources.MessagesQueue.Properties.VisibilityTimeout") = yaml("120"),
+            "VisibilityTimeout is 120 s, less than 6 × DeliveryFunction Timeout (30 s)",
+        ),
+        (
+            "a longer delivery timeout",
+            |d| *at(d, "Resources.DeliveryFunction.Properties.Timeout") = yaml("60"),
+            "VisibilityTimeout is 180 s, less than 6 × DeliveryFunction Timeout (60 s)",
+        ),
+        (
+            "an alarm that notifies nobody on OK",
+            |d| *at(d, "Resources.DeliveryErrors.Properties.OKActions") = Value::Null,
+            "alarm DeliveryErrors: OKActions is Null",
+        ),
+        (
+            "an alarm without a useful description",
+            |d| *at(d, "Resources.Api5xxRate.Properties.AlarmDescription") = yaml("5xx"),
+            "alarm Api5xxRate: AlarmDescription \"5xx\"",
+        ),
+        (
+            "a dashboard metric under dimensions nobody emits",
+            |d| {
+                let body = at(d, "Resources.Dashboard.Properties.DashboardBody");
+                let Value::Tagged(sub) = body else {
+                    panic!("DashboardBody is not !Sub")
+                };
+                let text = sub.value.as_str().unwrap().replace(
+                    "\"BatchSize\", \"Service\", \"messaging\"",
+                    "\"BatchSize\", \"Service\", \"messaging\", \"Channel\", \"sms\"",
+                );
+                sub.value = Value::String(text);
+            },
+            "BatchSize with dimensions [\"Service\", \"messaging\", \"Channel\", \"sms\"] is not emitted",
+        ),
+    ];
+
+    #[test]
+    fn every_widening_or_mismatch_is_reported_readably() {
+        let original = template();
+        let mut failures = Vec::new();
+        for (change, edit, expected) in WIDENINGS {
+            let mut doc = original.clone();
+            edit(&mut doc);
+            let problems = all_problems(&doc);
+            if !problems.iter().any(|p| p.contains(expected)) {
+                failures.push(format!(
+                    "{change}: expected a problem containing {expected:?}, got {problems:#?}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// Spellings that allow exactly the same thing are accepted.
+    const EQUIVALENTS: &[(&str, Edit)] = &[
+        ("an action as a single string", |d| {
+            *at(
+                d,
+                "Resources.ReadFunction.Properties.Policies.0.Statement.0.Action",
+            ) = yaml("dynamodb:GetItem")
+        }),
+        ("a statement as a single mapping", |d| {
+            *at(d, "Resources.ReadFunction.Properties.Policies.0.Statement") = yaml(
+                "{Effect: Allow, Action: [dynamodb:GetItem], Resource: !GetAtt MessagesTable.Arn}",
+            )
+        }),
+        ("a resource as a list, in the long GetAtt form", |d| {
+            *at(
+                d,
+                "Resources.ReadFunction.Properties.Policies.0.Statement.0.Resource",
+            ) = yaml("[{Fn::GetAtt: [MessagesTable, Arn]}]")
+        }),
+        ("the delivery timeout from Globals", |d| {
+            *at(d, "Resources.DeliveryFunction.Properties.Timeout") = Value::Null;
+            *at(d, "Globals.Function.Timeout") = yaml("30");
+        }),
+    ];
+
+    #[test]
+    fn equivalent_spellings_are_accepted() {
+        let original = template();
+        for (change, edit) in EQUIVALENTS {
+            let mut doc = original.clone();
+            edit(&mut doc);
+            let problems = all_problems(&doc);
+            assert!(problems.is_empty(), "{change}: {problems:#?}");
+        }
+    }
+}
