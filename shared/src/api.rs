@@ -70,7 +70,13 @@ pub async fn accept_outbound(
         }
         return Err(enqueue_error.into());
     }
-    info!(message_id = %message.id, channel = message.channel.as_str(), "outbound message queued");
+    info!(
+        message_id = %message.id,
+        conversation_id = %message.conversation_id,
+        channel = message.channel.as_str(),
+        body_chars = message.body.chars().count(),
+        "outbound message queued"
+    );
     metrics::emit(
         &[Metric::count(name::MESSAGES_ACCEPTED, 1)],
         &[(dimension::CHANNEL, message.channel.as_str())],
@@ -87,7 +93,12 @@ pub async fn accept_inbound(
     let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
     let insert = store.insert_inbound(&message).await?;
     match &insert {
-        InboundInsert::Created(m) => info!(message_id = %m.id, "inbound message stored"),
+        InboundInsert::Created(m) => info!(
+            message_id = %m.id,
+            conversation_id = %m.conversation_id,
+            body_chars = m.body.chars().count(),
+            "inbound message stored"
+        ),
         InboundInsert::Duplicate(m) => info!(message_id = %m.id, "inbound message already stored"),
     }
     Ok(insert)

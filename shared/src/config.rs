@@ -7,12 +7,42 @@ use crate::domain::RetryPolicy;
 pub const DEFAULT_TWILIO_API_URL: &str = "https://api.twilio.com";
 pub const DEFAULT_SENDGRID_API_URL: &str = "https://api.sendgrid.com";
 
+/// Environment variables naming where the provider credentials are stored.
+pub const PROVIDER_SECRET_ID: &str = "PROVIDER_SECRET_ID";
+pub const PROVIDER_PARAMETER_PATH: &str = "PROVIDER_PARAMETER_PATH";
+/// The provider credentials as environment variables: local development only.
+pub const ENV_CREDENTIALS: [&str; 3] = [
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "SENDGRID_API_KEY",
+];
+
+/// A configuration error. Credential errors name the secret, parameter or variable
+/// and the missing key; they never contain a credential's value.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("environment variable {0} is required but not set")]
     Missing(&'static str),
     #[error("environment variable {name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
+    #[error("environment variables {first} and {second} are both set; set only one of them")]
+    Conflict {
+        first: &'static str,
+        second: &'static str,
+    },
+    #[error(
+        "no provider credentials: set PROVIDER_SECRET_ID (a Secrets Manager secret) or \
+         PROVIDER_PARAMETER_PATH (an SSM Parameter Store path); TWILIO_ACCOUNT_SID, \
+         TWILIO_AUTH_TOKEN and SENDGRID_API_KEY are for local development only"
+    )]
+    NoCredentials,
+    /// `location` is e.g. `Secrets Manager secret "messaging/providers"`.
+    #[error("provider credentials: {location} has no {key:?}")]
+    MissingCredential { location: String, key: &'static str },
+    #[error("provider credentials: {location}: {reason}")]
+    InvalidCredential { location: String, reason: String },
+    #[error("provider credentials: reading {location} failed: {reason}")]
+    CredentialsUnavailable { location: String, reason: String },
 }
 
 /// Everything the functions read from their environment.
@@ -24,50 +54,78 @@ pub struct Config {
     pub queue_url: Option<String>,
     pub twilio: TwilioConfig,
     pub sendgrid: SendGridConfig,
+    /// Where the delivery function reads the provider credentials from, once at
+    /// start-up (`adapters::secrets::load_provider_credentials`).
+    pub credentials: CredentialSource,
+    /// A warning to log once when the credentials are loaded: environment
+    /// credentials on what looks like real Lambda, or environment credentials
+    /// ignored because a store is configured. Names variables only, never values.
+    pub credential_warning: Option<String>,
     pub delivery: DeliveryConfig,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct TwilioConfig {
     /// `TWILIO_API_URL`, default the public Twilio API.
     pub api_url: String,
-    /// `TWILIO_ACCOUNT_SID`
-    pub account_sid: Option<String>,
-    /// `TWILIO_AUTH_TOKEN`
-    pub auth_token: Option<String>,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SendGridConfig {
     /// `SENDGRID_API_URL`, default the public SendGrid API.
     pub api_url: String,
-    /// `SENDGRID_API_KEY`
-    pub api_key: Option<String>,
     /// `EMAIL_SUBJECT`: subject line of outbound email (the API has no subject field).
     pub subject: String,
 }
 
-// Secrets stay out of logs: Debug shows only whether they are set.
-impl std::fmt::Debug for TwilioConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TwilioConfig")
-            .field("api_url", &self.api_url)
-            .field("account_sid", &self.account_sid)
-            .field(
-                "auth_token",
-                &self.auth_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
+/// Where the provider credentials come from.
+#[derive(Clone, PartialEq)]
+pub enum CredentialSource {
+    /// `PROVIDER_SECRET_ID`: a Secrets Manager secret (name or ARN) whose
+    /// SecretString is `{"twilio_account_sid", "twilio_auth_token", "sendgrid_api_key"}`.
+    SecretsManager { secret_id: String },
+    /// `PROVIDER_PARAMETER_PATH`: an SSM Parameter Store path (e.g.
+    /// `/messaging/providers`) holding `twilio-account-sid`, and `twilio-auth-token`
+    /// and `sendgrid-api-key` as SecureStrings.
+    ParameterStore { path: String },
+    /// Neither set: `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`, `SENDGRID_API_KEY`
+    /// from the environment (local development only).
+    Environment {
+        twilio_account_sid: Option<String>,
+        twilio_auth_token: Option<String>,
+        sendgrid_api_key: Option<String>,
+    },
 }
 
-impl std::fmt::Debug for SendGridConfig {
+// Secrets stay out of logs: Debug shows only whether they are set.
+impl std::fmt::Debug for CredentialSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendGridConfig")
-            .field("api_url", &self.api_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("subject", &self.subject)
-            .finish()
+        match self {
+            Self::SecretsManager { secret_id } => f
+                .debug_struct("SecretsManager")
+                .field("secret_id", secret_id)
+                .finish(),
+            Self::ParameterStore { path } => f
+                .debug_struct("ParameterStore")
+                .field("path", path)
+                .finish(),
+            Self::Environment {
+                twilio_account_sid,
+                twilio_auth_token,
+                sendgrid_api_key,
+            } => f
+                .debug_struct("Environment")
+                .field("twilio_account_sid", twilio_account_sid)
+                .field(
+                    "twilio_auth_token",
+                    &twilio_auth_token.as_ref().map(|_| "<redacted>"),
+                )
+                .field(
+                    "sendgrid_api_key",
+                    &sendgrid_api_key.as_ref().map(|_| "<redacted>"),
+                )
+                .finish(),
+        }
     }
 }
 
@@ -122,19 +180,20 @@ impl Config {
             Ok(value.trim_end_matches('/').to_owned())
         };
 
+        let (credentials, credential_warning) = credential_source(&get)?;
+
         Ok(Self {
             table_name: get("TABLE_NAME").ok_or(ConfigError::Missing("TABLE_NAME"))?,
             queue_url: get("QUEUE_URL"),
             twilio: TwilioConfig {
                 api_url: url("TWILIO_API_URL", DEFAULT_TWILIO_API_URL)?,
-                account_sid: get("TWILIO_ACCOUNT_SID"),
-                auth_token: get("TWILIO_AUTH_TOKEN"),
             },
             sendgrid: SendGridConfig {
                 api_url: url("SENDGRID_API_URL", DEFAULT_SENDGRID_API_URL)?,
-                api_key: get("SENDGRID_API_KEY"),
                 subject: get("EMAIL_SUBJECT").unwrap_or_else(|| "New message".to_owned()),
             },
+            credentials,
+            credential_warning,
             delivery: DeliveryConfig {
                 retry: RetryPolicy {
                     base: seconds("RETRY_BASE_SECONDS", 5)?,
@@ -158,6 +217,72 @@ impl Config {
 /// A required secret, with the variable's name in the error.
 pub fn require<'a>(value: &'a Option<String>, name: &'static str) -> Result<&'a str, ConfigError> {
     value.as_deref().ok_or(ConfigError::Missing(name))
+}
+
+/// `PROVIDER_SECRET_ID` or `PROVIDER_PARAMETER_PATH` (not both), else the
+/// environment variables; with the warning to log when the credentials are loaded.
+fn credential_source(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<(CredentialSource, Option<String>), ConfigError> {
+    let env_set: Vec<&str> = ENV_CREDENTIALS
+        .into_iter()
+        .filter(|name| get(name).is_some())
+        .collect();
+    let (source, store_var) = match (get(PROVIDER_SECRET_ID), get(PROVIDER_PARAMETER_PATH)) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Conflict {
+                first: PROVIDER_SECRET_ID,
+                second: PROVIDER_PARAMETER_PATH,
+            });
+        }
+        (Some(secret_id), None) => (
+            CredentialSource::SecretsManager {
+                secret_id: secret_id.trim().to_owned(),
+            },
+            PROVIDER_SECRET_ID,
+        ),
+        (None, Some(path)) => {
+            let path = path.trim().to_owned();
+            if !path.starts_with('/') {
+                return Err(ConfigError::Invalid {
+                    name: PROVIDER_PARAMETER_PATH,
+                    reason: format!(
+                        "expected an SSM parameter path starting with '/', got {path:?}"
+                    ),
+                });
+            }
+            (
+                CredentialSource::ParameterStore { path },
+                PROVIDER_PARAMETER_PATH,
+            )
+        }
+        (None, None) => {
+            // Real Lambda, not a local runtime pointed at an emulator.
+            let on_lambda =
+                get("AWS_LAMBDA_FUNCTION_NAME").is_some() && get("AWS_ENDPOINT_URL").is_none();
+            let warning = on_lambda.then(|| {
+                format!(
+                    "provider credentials come from environment variables ({}), which is \
+                     meant for local development only; store them in Secrets Manager \
+                     ({PROVIDER_SECRET_ID}) or SSM Parameter Store ({PROVIDER_PARAMETER_PATH})",
+                    ENV_CREDENTIALS.join(", ")
+                )
+            });
+            let source = CredentialSource::Environment {
+                twilio_account_sid: get("TWILIO_ACCOUNT_SID"),
+                twilio_auth_token: get("TWILIO_AUTH_TOKEN"),
+                sendgrid_api_key: get("SENDGRID_API_KEY"),
+            };
+            return Ok((source, warning));
+        }
+    };
+    let warning = (!env_set.is_empty()).then(|| {
+        format!(
+            "{store_var} is set: ignoring {} from the environment",
+            env_set.join(", ")
+        )
+    });
+    Ok((source, warning))
 }
 
 #[cfg(test)]
@@ -243,5 +368,166 @@ mod tests {
         .unwrap();
         let printed = format!("{c:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+    }
+
+    const ENV_CREDS: [(&str, &str); 3] = [
+        ("TWILIO_ACCOUNT_SID", "ACenv"),
+        ("TWILIO_AUTH_TOKEN", "s3cret-token"),
+        ("SENDGRID_API_KEY", "SG.s3cret"),
+    ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let mut vars = vec![("TABLE_NAME", "t")];
+        vars.extend_from_slice(extra);
+        vars
+    }
+
+    #[test]
+    fn a_secret_id_takes_precedence_over_environment_credentials() {
+        let mut vars = with(&ENV_CREDS);
+        vars.push((PROVIDER_SECRET_ID, " messaging/providers "));
+        let c = config(&vars).unwrap();
+        assert_eq!(
+            c.credentials,
+            CredentialSource::SecretsManager {
+                secret_id: "messaging/providers".into()
+            }
+        );
+        let warning = c
+            .credential_warning
+            .expect("ignored variables are reported");
+        assert!(warning.contains("PROVIDER_SECRET_ID is set"), "{warning}");
+        assert!(warning.contains("TWILIO_AUTH_TOKEN"), "{warning}");
+        assert!(!warning.contains("s3cret"), "{warning}");
+    }
+
+    #[test]
+    fn a_parameter_path_takes_precedence_over_environment_credentials() {
+        let c = config(&with(&[(PROVIDER_PARAMETER_PATH, "/messaging/providers/")])).unwrap();
+        assert_eq!(
+            c.credentials,
+            CredentialSource::ParameterStore {
+                path: "/messaging/providers/".into()
+            }
+        );
+        assert_eq!(c.credential_warning, None);
+
+        let mut vars = with(&ENV_CREDS[2..]);
+        vars.push((PROVIDER_PARAMETER_PATH, "/p"));
+        let warning = config(&vars).unwrap().credential_warning.unwrap();
+        assert_eq!(
+            warning,
+            "PROVIDER_PARAMETER_PATH is set: ignoring SENDGRID_API_KEY from the environment"
+        );
+    }
+
+    #[test]
+    fn a_secret_id_and_a_parameter_path_conflict() {
+        let err = config(&with(&[
+            (PROVIDER_SECRET_ID, "messaging/providers"),
+            (PROVIDER_PARAMETER_PATH, "/messaging/providers"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::Conflict {
+                first: PROVIDER_SECRET_ID,
+                second: PROVIDER_PARAMETER_PATH
+            }
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("PROVIDER_SECRET_ID") && text.contains("PROVIDER_PARAMETER_PATH"),
+            "{text}"
+        );
+        // Blank counts as unset, as for every other variable.
+        assert!(
+            config(&with(&[
+                (PROVIDER_SECRET_ID, "messaging/providers"),
+                (PROVIDER_PARAMETER_PATH, " "),
+            ]))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_parameter_path_must_be_a_path() {
+        let err = config(&with(&[(PROVIDER_PARAMETER_PATH, "messaging/providers")])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    name: PROVIDER_PARAMETER_PATH,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn environment_credentials_are_the_local_fallback() {
+        let c = config(&with(&ENV_CREDS)).unwrap();
+        assert_eq!(
+            c.credentials,
+            CredentialSource::Environment {
+                twilio_account_sid: Some("ACenv".into()),
+                twilio_auth_token: Some("s3cret-token".into()),
+                sendgrid_api_key: Some("SG.s3cret".into()),
+            }
+        );
+        assert_eq!(c.credential_warning, None, "no warning off Lambda");
+
+        // Under a local Lambda runtime pointed at the emulator: still no warning.
+        let mut vars = with(&ENV_CREDS);
+        vars.extend([
+            ("AWS_LAMBDA_FUNCTION_NAME", "delivery"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        ]);
+        assert_eq!(config(&vars).unwrap().credential_warning, None);
+
+        // On what looks like real Lambda: a warning naming the variables, not values.
+        let mut vars = with(&ENV_CREDS);
+        vars.push(("AWS_LAMBDA_FUNCTION_NAME", "messaging-DeliveryFunction-abc"));
+        let warning = config(&vars).unwrap().credential_warning.unwrap();
+        assert!(warning.contains("local development only"), "{warning}");
+        assert!(warning.contains("PROVIDER_SECRET_ID"), "{warning}");
+        assert!(
+            !warning.contains("s3cret") && !warning.contains("ACenv"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn no_credentials_is_not_an_error_for_functions_that_do_not_deliver() {
+        let c = config(&with(&[])).unwrap();
+        assert_eq!(
+            c.credentials,
+            CredentialSource::Environment {
+                twilio_account_sid: None,
+                twilio_auth_token: None,
+                sendgrid_api_key: None,
+            }
+        );
+    }
+
+    #[test]
+    fn credential_sources_are_debug_printed_without_values() {
+        let source = CredentialSource::Environment {
+            twilio_account_sid: Some("ACenv".into()),
+            twilio_auth_token: Some("s3cret-token".into()),
+            sendgrid_api_key: None,
+        };
+        let printed = format!("{source:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("sendgrid_api_key: None"), "{printed}");
+        let printed = format!(
+            "{:?}",
+            CredentialSource::SecretsManager {
+                secret_id: "messaging/providers".into()
+            }
+        );
+        assert!(printed.contains("messaging/providers"), "{printed}");
     }
 }

@@ -71,6 +71,8 @@ impl<S: MessageStore, Q: DeliveryQueue, P: Provider> Deliverer<S, Q, P> {
                 sqs_message_id = %record.queue_message_id,
                 message_id = record.message_id.as_deref().unwrap_or("-"),
                 receive_count = record.receive_count,
+                conversation_id = tracing::field::Empty,
+                provider = tracing::field::Empty,
             );
             let work = self.deliver(record).instrument(span);
             let outcome = match cutoff {
@@ -105,7 +107,12 @@ impl<S: MessageStore, Q: DeliveryQueue, P: Provider> Deliverer<S, Q, P> {
             expires_at: now + self.lease,
         };
         let message = match self.store.claim(id, &lease, now).await {
-            Ok(Claim::Claimed(message)) => message,
+            Ok(Claim::Claimed(message)) => {
+                let span = tracing::Span::current();
+                span.record("conversation_id", message.conversation_id.as_str());
+                span.record("provider", message.channel.provider().as_str());
+                message
+            }
             Ok(Claim::Settled(message)) => {
                 info!(
                     status = message.status.as_str(),

@@ -10,4 +10,5 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod ports;
+pub mod startup;
 pub mod telemetry;

@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shared::adapters::dynamodb::DynamoDbStore;
+use shared::adapters::providers::Providers;
+use shared::adapters::secrets::{ProviderCredentials, load_provider_credentials};
 use shared::adapters::sqs::SqsQueue;
+use shared::config::Config;
+use shared::delivery::Deliverer;
+use shared::startup::Startup;
 
 /// A variable `cargo xtask test` sets; these suites need the local stack.
 pub fn env(name: &str) -> String {
@@ -28,6 +33,23 @@ pub async fn store() -> DynamoDbStore {
 
 pub async fn queue() -> SqsQueue {
     SqsQueue::new(aws_sdk_sqs::Client::new(&aws().await), env("QUEUE_URL"))
+}
+
+/// The delivery logic exactly as the delivery function builds it from the
+/// stack's environment.
+pub async fn deliverer() -> Deliverer<DynamoDbStore, SqsQueue, Providers> {
+    let startup = Startup::load()
+        .await
+        .expect("configuration from the stack's environment");
+    startup.deliverer().await.expect("delivery set-up")
+}
+
+/// The provider credentials the delivery function loads.
+pub async fn provider_credentials() -> ProviderCredentials {
+    let config = Config::from_env().expect("configuration from the stack's environment");
+    load_provider_credentials(&config, &aws().await)
+        .await
+        .expect("provider credentials")
 }
 
 /// A random North American number in E.164, so concurrent tests never share a recipient.
@@ -179,6 +201,46 @@ impl Simulator {
         let mut list: Vec<Value> = response.json().await.expect("simulator JSON");
         list.sort_by_key(|r| r["seq"].as_u64());
         list
+    }
+
+    /// Every request the simulator received, in arrival order.
+    pub async fn requests(&self) -> Vec<Value> {
+        let response = self
+            .http
+            .get(format!("{}/_sim/requests", self.base))
+            .send()
+            .await
+            .expect("simulator");
+        let mut list: Vec<Value> = response.json().await.expect("simulator JSON");
+        list.sort_by_key(|r| r["seq"].as_u64());
+        list
+    }
+
+    /// Counters, among them `in_flight`: requests not answered yet.
+    pub async fn stats(&self) -> Value {
+        let response = self
+            .http
+            .get(format!("{}/_sim/stats", self.base))
+            .send()
+            .await
+            .expect("simulator");
+        response.json().await.expect("simulator JSON")
+    }
+
+    /// Changes latency and random fault settings (any subset of them).
+    pub async fn configure(&self, faults: Value) {
+        let response = self
+            .http
+            .put(format!("{}/_sim/config", self.base))
+            .json(&faults)
+            .send()
+            .await
+            .expect("simulator");
+        assert!(
+            response.status().is_success(),
+            "simulator config refused: {}",
+            response.text().await.unwrap_or_default()
+        );
     }
 
     /// The next `times` requests to `to` are answered with `status`.

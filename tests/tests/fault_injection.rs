@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{Api, env};
+use e2e_tests::{Api, Simulator, env};
 use serde_json::{Value, json};
 
 fn message_count() -> usize {
@@ -23,57 +23,6 @@ fn message_count() -> usize {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(200)
-}
-
-struct Sim {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Sim {
-    fn new() -> Self {
-        Self {
-            base: env("PROVIDER_SIM_URL"),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn configure(&self, faults: Value) {
-        let response = self
-            .http
-            .put(format!("{}/_sim/config", self.base))
-            .json(&faults)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "simulator config refused: {}",
-            response.text().await.unwrap()
-        );
-    }
-
-    async fn stats(&self) -> Value {
-        self.http
-            .get(format!("{}/_sim/stats", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn requests(&self) -> Vec<Value> {
-        self.http
-            .get(format!("{}/_sim/requests", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
 }
 
 /// What the provider saw per recipient: attempts, and 2xx answers (receipts).
@@ -135,7 +84,7 @@ fn rand_tail() -> u32 {
 /// answered every request, then counts.
 async fn settle(
     api: &Api,
-    sim: &Sim,
+    sim: &Simulator,
     accepted: &HashMap<String, String>,
     started: Instant,
     limit: Duration,
@@ -256,7 +205,7 @@ fn delivery_pids() -> Vec<i32> {
         .collect()
 }
 
-async fn faulty_provider(sim: &Sim) {
+async fn faulty_provider(sim: &Simulator) {
     sim.configure(
         json!({"fail_rate": 0.3, "throttle_rate": 0.1, "hang_rate": 0.02, "hang_ms": 8000,
                          "latency_ms": 0, "latency_jitter_ms": 2000}),
@@ -264,7 +213,7 @@ async fn faulty_provider(sim: &Sim) {
     .await;
 }
 
-async fn calm_provider(sim: &Sim) {
+async fn calm_provider(sim: &Simulator) {
     sim.configure(json!({"fail_rate": 0.0, "throttle_rate": 0.0, "hang_rate": 0.0, "latency_ms": 0, "latency_jitter_ms": 0}))
         .await;
 }
@@ -272,7 +221,7 @@ async fn calm_provider(sim: &Sim) {
 #[tokio::test]
 #[ignore = "changes global simulator settings and kills processes: run by `cargo xtask test` after the other suites"]
 async fn no_message_is_lost_or_sent_twice() {
-    let (api, sim) = (Api::new(), Sim::new());
+    let (api, sim) = (Api::new(), Simulator::new());
     let n = message_count();
     let limit = Duration::from_secs(120 + n as u64 / 2);
 

@@ -2,18 +2,13 @@
 //! `sam local invoke -e` and `cargo lambda invoke --data-file` take — run through
 //! the functions' handlers with the real adapters against the local stack.
 
-use std::time::Duration;
-
 use aws_lambda_events::event::sqs::SqsEvent;
 use e2e_tests::{env, queue, store};
 use lambda_http::{Body, Response};
 use serde_json::Value;
 use shared::adapters::dynamodb::DynamoDbStore;
-use shared::adapters::providers::{Providers, http_client};
 use shared::adapters::sqs::{batch_response, delivery_records};
 use shared::api;
-use shared::config::Config;
-use shared::delivery::Deliverer;
 use shared::domain::{Direction, Message, Status, validate_outbound};
 use shared::ports::MessageStore;
 
@@ -160,15 +155,7 @@ async fn delivery_fixture_reports_exactly_the_bad_records() {
     )
     .await;
 
-    let config = Config::from_env().expect("config from the stack's environment");
-    let client = http_client(Duration::from_secs(5)).unwrap();
-    let deliverer = Deliverer::new(
-        store().await,
-        queue().await,
-        Providers::from_config(&config, client).expect("provider credentials"),
-        config.delivery.retry,
-        config.delivery.lease,
-    );
+    let deliverer = e2e_tests::deliverer().await;
     let event: SqsEvent =
         serde_json::from_str(&fixture("sqs-delivery-batch.json")).expect("SQS event");
     let failed = deliverer

@@ -14,6 +14,24 @@ mod tests {
     const TABLE: &str = "MessagesTable";
     const QUEUE: &str = "MessagesQueue";
     const DELIVERY: &str = "DeliveryFunction";
+    /// The provider credentials' secret: not a template resource (it is created
+    /// before deploying), named by the parameter `ProviderSecretName`.
+    const PROVIDER_SECRET: &str = "ProviderSecret";
+    const PROVIDER_SECRET_PARAMETER: &str = "ProviderSecretName";
+    /// The one spelling of that secret's ARN counted as `ProviderSecret`: its name,
+    /// then "-" and the six random characters Secrets Manager appends (`??????`, not
+    /// `*`, which would match every secret whose name starts the same way).
+    const PROVIDER_SECRET_ARN: &str = "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:\
+                                       ${AWS::AccountId}:secret:${ProviderSecretName}-??????";
+    /// The parameter's pattern: Secrets Manager's name alphabet, so no IAM wildcard
+    /// (`*`, `?`) can be passed into the ARN above at deploy time.
+    const PROVIDER_SECRET_NAME_PATTERN: &str = "^[A-Za-z0-9/_+=.@-]{1,512}$";
+    /// Provider credentials as plain environment variables: local development only.
+    const ENV_CREDENTIALS: &[&str] = &[
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "SENDGRID_API_KEY",
+    ];
 
     /// Every (action, logical id of the resource) pair a function may use.
     const EXPECTED_GRANTS: &[(&str, &[(&str, &str)])] = &[
@@ -41,6 +59,8 @@ mod tests {
                 // On the last receive the queue allows, a message still to be retried
                 // is handed over to a new queue message.
                 ("sqs:SendMessage", QUEUE),
+                // The provider credentials, read once per cold start.
+                ("secretsmanager:GetSecretValue", PROVIDER_SECRET),
             ],
         ),
     ];
@@ -323,7 +343,9 @@ mod tests {
         }
     }
 
-    /// The logical id a Resource entry names: `!GetAtt MessagesTable.Arn` → MessagesTable.
+    /// The logical id a Resource entry names: `!GetAtt MessagesTable.Arn` → MessagesTable,
+    /// and `!Sub` of `PROVIDER_SECRET_ARN` exactly → ProviderSecret. `*` and `?` are
+    /// IAM wildcards.
     fn resource_id(resource: &Value, doc: &Value) -> Result<String, String> {
         if let Some((id, attribute)) = get_att(resource) {
             if attribute != "Arn" {
@@ -336,7 +358,10 @@ mod tests {
         }
         match (intrinsic(resource), plain_str(resource)) {
             (Some(("Sub", Value::String(text))), _) => {
-                if text.contains('*') {
+                if text == PROVIDER_SECRET_ARN {
+                    return Ok(PROVIDER_SECRET.to_owned());
+                }
+                if text.contains(['*', '?']) {
                     return Err(format!("wildcard resource !Sub {text:?}"));
                 }
                 // "${MessagesTable.Arn}" alone is the table; anything longer (an index,
@@ -350,7 +375,7 @@ mod tests {
                     None => Ok(format!("!Sub {text}")),
                 }
             }
-            (_, Some(text)) if text.contains('*') => Err(format!(
+            (_, Some(text)) if text.contains(['*', '?']) => Err(format!(
                 "wildcard resource {text:?}; name the template's resource with !GetAtt <Id>.Arn"
             )),
             (_, Some(text)) => Err(format!(
@@ -424,6 +449,65 @@ mod tests {
                     "{function} lacks what its code needs: {}",
                     show(&missing)
                 ));
+            }
+        }
+        problems
+    }
+
+    // ---- provider credentials ----------------------------------------------------------
+
+    /// The delivery function reads the secret its policy names (or an SSM path
+    /// instead), the secret's name cannot widen that policy, and no credential is
+    /// passed as an environment variable (those are for local development only).
+    fn credential_problems(doc: &Value) -> Vec<String> {
+        let mut problems = Vec::new();
+        let secret_id = environment(doc, DELIVERY, "PROVIDER_SECRET_ID");
+        let path = environment(doc, DELIVERY, "PROVIDER_PARAMETER_PATH");
+        if secret_id.is_null() && path.is_null() {
+            problems.push(format!(
+                "{DELIVERY} sets neither PROVIDER_SECRET_ID nor PROVIDER_PARAMETER_PATH: it \
+                 would start without provider credentials"
+            ));
+        } else if !secret_id.is_null()
+            && !matches!(intrinsic(secret_id), Some(("Ref", Value::String(p))) if p == PROVIDER_SECRET_PARAMETER)
+        {
+            problems.push(format!(
+                "{DELIVERY}: PROVIDER_SECRET_ID is {secret_id:?}, expected \
+                 !Ref {PROVIDER_SECRET_PARAMETER} (the secret its policy allows reading)"
+            ));
+        }
+        let parameter = &doc["Parameters"][PROVIDER_SECRET_PARAMETER];
+        if !parameter.is_null()
+            && plain_str(&parameter["AllowedPattern"]) != Some(PROVIDER_SECRET_NAME_PATTERN)
+        {
+            problems.push(format!(
+                "parameter {PROVIDER_SECRET_PARAMETER}: AllowedPattern is {:?}, expected \
+                 {PROVIDER_SECRET_NAME_PATTERN:?} so that no wildcard can reach the secret's ARN \
+                 in {DELIVERY}'s policy",
+                parameter["AllowedPattern"]
+            ));
+        }
+        let mut scopes: Vec<(String, &Value)> = lambda_functions(doc)
+            .into_iter()
+            .map(|f| {
+                (
+                    f.to_owned(),
+                    &properties(doc, f)["Environment"]["Variables"],
+                )
+            })
+            .collect();
+        scopes.push((
+            "Globals.Function".to_owned(),
+            &doc["Globals"]["Function"]["Environment"]["Variables"],
+        ));
+        for (scope, variables) in scopes {
+            for name in ENV_CREDENTIALS {
+                if !variables[*name].is_null() {
+                    problems.push(format!(
+                        "{scope}: environment variable {name} is set; provider credentials \
+                         come from the secret {PROVIDER_SECRET_PARAMETER} names"
+                    ));
+                }
             }
         }
         problems
@@ -666,6 +750,7 @@ mod tests {
     fn all_problems(doc: &Value) -> Vec<String> {
         [
             permission_problems(doc),
+            credential_problems(doc),
             event_problems(doc),
             redrive_problems(doc),
             visibility_problems(doc),
@@ -688,6 +773,11 @@ mod tests {
     #[test]
     fn each_function_is_allowed_exactly_what_its_code_needs() {
         assert_none(permission_problems(&template()));
+    }
+
+    #[test]
+    fn provider_credentials_come_only_from_the_secret_the_delivery_function_may_read() {
+        assert_none(credential_problems(&template()));
     }
 
     #[test]
@@ -945,6 +1035,117 @@ mod tests {
             "alarm Api5xxRate: AlarmDescription \"5xx\"",
         ),
         (
+            "any secret whose name starts like the provider secret's",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Policies.0.Statement.2.Resource",
+                ) = yaml(
+                    "!Sub \"arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${ProviderSecretName}-*\"",
+                )
+            },
+            "DeliveryFunction: wildcard resource !Sub",
+        ),
+        (
+            "every secret",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Policies.0.Statement.2.Resource",
+                ) = yaml(
+                    "!Sub \"arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:?*\"",
+                )
+            },
+            "DeliveryFunction: wildcard resource !Sub",
+        ),
+        (
+            "a secret's ARN with a ? wildcard",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Policies.0.Statement.2.Resource",
+                ) = yaml("arn:aws:secretsmanager:us-east-1:123456789012:secret:other-??????")
+            },
+            "DeliveryFunction: wildcard resource",
+        ),
+        (
+            "an extra action on the secret",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Policies.0.Statement.2.Action",
+                ) = yaml("[secretsmanager:GetSecretValue, secretsmanager:PutSecretValue]")
+            },
+            "DeliveryFunction allows more than expected: secretsmanager:PutSecretValue on \
+             ProviderSecret",
+        ),
+        (
+            "the secret readable by another function",
+            |d| {
+                push(
+                    d,
+                    "Resources.ReadFunction.Properties.Policies.0.Statement",
+                    "{Effect: Allow, Action: secretsmanager:GetSecretValue, Resource: !Sub \"arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${ProviderSecretName}-??????\"}",
+                )
+            },
+            "ReadFunction allows more than expected: secretsmanager:GetSecretValue on \
+             ProviderSecret",
+        ),
+        (
+            "no grant on the secret",
+            |d| {
+                at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Policies.0.Statement",
+                )
+                .as_sequence_mut()
+                .expect("statements")
+                .truncate(2)
+            },
+            "DeliveryFunction lacks what its code needs: secretsmanager:GetSecretValue on \
+             ProviderSecret",
+        ),
+        (
+            "a secret name that may hold wildcards",
+            |d| *at(d, "Parameters.ProviderSecretName.AllowedPattern") = Value::Null,
+            "parameter ProviderSecretName: AllowedPattern is Null",
+        ),
+        (
+            "the function reading another secret than its policy allows",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Environment.Variables.PROVIDER_SECRET_ID",
+                ) = yaml("other/secret")
+            },
+            "DeliveryFunction: PROVIDER_SECRET_ID is",
+        ),
+        (
+            "no credential source",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Environment.Variables.PROVIDER_SECRET_ID",
+                ) = Value::Null
+            },
+            "DeliveryFunction sets neither PROVIDER_SECRET_ID nor PROVIDER_PARAMETER_PATH",
+        ),
+        (
+            "a credential in an environment variable",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Environment.Variables.TWILIO_AUTH_TOKEN",
+                ) = yaml("!Ref TwilioAuthToken")
+            },
+            "DeliveryFunction: environment variable TWILIO_AUTH_TOKEN is set",
+        ),
+        (
+            "a credential in a global environment variable",
+            |d| *at(d, "Globals.Function.Environment.Variables.SENDGRID_API_KEY") = yaml("SG.x"),
+            "Globals.Function: environment variable SENDGRID_API_KEY is set",
+        ),
+        (
             "a dashboard metric under dimensions nobody emits",
             |d| {
                 let body = at(d, "Resources.Dashboard.Properties.DashboardBody");
@@ -996,6 +1197,14 @@ mod tests {
                 d,
                 "Resources.ReadFunction.Properties.Policies.0.Statement.0.Resource",
             ) = yaml("[{Fn::GetAtt: [MessagesTable, Arn]}]")
+        }),
+        ("the secret's ARN in the long Sub form", |d| {
+            *at(
+                d,
+                "Resources.DeliveryFunction.Properties.Policies.0.Statement.2.Resource",
+            ) = yaml(
+                "[{Fn::Sub: \"arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${ProviderSecretName}-??????\"}]",
+            )
         }),
         ("the delivery timeout from Globals", |d| {
             *at(d, "Resources.DeliveryFunction.Properties.Timeout") = Value::Null;

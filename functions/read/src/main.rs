@@ -1,15 +1,11 @@
-//! `GET /messages/{id}`: one message with its delivery status.
+//! `GET /messages/{id}`: one message with its delivery status and history.
 
 use lambda_http::{Error, Request, service_fn};
-use shared::adapters::{aws_config, dynamodb::DynamoDbStore};
-use shared::{api, config::Config, telemetry};
+use shared::{api, startup::Startup};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    telemetry::init();
-    let config = Config::from_env()?;
-    let aws = aws_config().await;
-    let store = DynamoDbStore::new(aws_sdk_dynamodb::Client::new(&aws), &config.table_name);
+    let store = Startup::init().await?.message_store();
     lambda_http::run(service_fn(|request: Request| {
         let store = &store;
         async move { Ok::<_, Error>(api::handle_get_message(store, request).await) }

@@ -2,6 +2,7 @@
 
 pub mod dynamodb;
 pub mod providers;
+pub mod secrets;
 pub mod sendgrid;
 pub mod sqs;
 pub mod twilio;

@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
+use super::secrets::ProviderCredentials;
 use super::sendgrid::SendGrid;
 use super::twilio::Twilio;
-use crate::config::{Config, ConfigError, require};
+use crate::config::Config;
 use crate::domain::{Message, ProviderKind};
 use crate::ports::{Accepted, Provider, ProviderError, RetryReason};
 
@@ -32,22 +33,27 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// Both providers from the configuration; fails if a credential is missing.
-    pub fn from_config(config: &Config, client: reqwest::Client) -> Result<Self, ConfigError> {
-        Ok(Self {
+    /// Both providers from the configuration and the credentials resolved once at
+    /// start-up (`secrets::load_provider_credentials`).
+    pub fn from_config(
+        config: &Config,
+        credentials: &ProviderCredentials,
+        client: reqwest::Client,
+    ) -> Self {
+        Self {
             twilio: Twilio::new(
                 client.clone(),
                 &config.twilio.api_url,
-                require(&config.twilio.account_sid, "TWILIO_ACCOUNT_SID")?,
-                require(&config.twilio.auth_token, "TWILIO_AUTH_TOKEN")?,
+                &credentials.twilio_account_sid,
+                &credentials.twilio_auth_token,
             ),
             sendgrid: SendGrid::new(
                 client,
                 &config.sendgrid.api_url,
-                require(&config.sendgrid.api_key, "SENDGRID_API_KEY")?,
+                &credentials.sendgrid_api_key,
                 &config.sendgrid.subject,
             ),
-        })
+        }
     }
 }
 

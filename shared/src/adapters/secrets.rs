@@ -1,0 +1,571 @@
+//! The provider credentials, read once at start-up from Secrets Manager
+//! (`PROVIDER_SECRET_ID`), SSM Parameter Store (`PROVIDER_PARAMETER_PATH`) or, for
+//! local development only, the environment.
+//!
+//! Errors name the secret, path or variable and the missing key, never a value;
+//! `ProviderCredentials` has a redacting `Debug` and no `Display`.
+
+use std::collections::HashMap;
+
+use aws_config::SdkConfig;
+use aws_sdk_ssm::config::http::HttpResponse;
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::types::{Parameter, ParameterType};
+use serde_json::Value;
+
+use crate::config::{Config, ConfigError, CredentialSource, require};
+
+/// The keys of the Secrets Manager secret's JSON SecretString.
+pub const SECRET_KEYS: [&str; 3] = [
+    "twilio_account_sid",
+    "twilio_auth_token",
+    "sendgrid_api_key",
+];
+
+/// The parameters under `PROVIDER_PARAMETER_PATH`, and whether each must be a
+/// SecureString.
+pub const PARAMETERS: [(&str, bool); 3] = [
+    ("twilio-account-sid", false),
+    ("twilio-auth-token", true),
+    ("sendgrid-api-key", true),
+];
+
+/// The three provider credentials, resolved.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderCredentials {
+    pub twilio_account_sid: String,
+    pub twilio_auth_token: String,
+    pub sendgrid_api_key: String,
+}
+
+// Secrets stay out of logs: the account SID (an identifier) is shown, the rest not.
+impl std::fmt::Debug for ProviderCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderCredentials")
+            .field("twilio_account_sid", &self.twilio_account_sid)
+            .field("twilio_auth_token", &"<redacted>")
+            .field("sendgrid_api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Reads the provider credentials from where `config` says; call once at start-up.
+/// Logs the configuration's credential warning, if any, and where the credentials
+/// came from (never their values).
+pub async fn load_provider_credentials(
+    config: &Config,
+    aws: &SdkConfig,
+) -> Result<ProviderCredentials, ConfigError> {
+    if let Some(warning) = &config.credential_warning {
+        tracing::warn!("{warning}");
+    }
+    let result = match &config.credentials {
+        CredentialSource::SecretsManager { secret_id } => {
+            from_secret(&aws_sdk_secretsmanager::Client::new(aws), secret_id).await
+        }
+        CredentialSource::ParameterStore { path } => {
+            from_parameter_path(&aws_sdk_ssm::Client::new(aws), path).await
+        }
+        source @ CredentialSource::Environment { .. } => from_environment(source),
+    };
+    let source = describe(&config.credentials);
+    match &result {
+        Ok(_) => tracing::info!(%source, "provider credentials loaded"),
+        // The start-up fails with this error; log its text (the caller may print only Debug).
+        Err(error) => tracing::error!(%source, %error, "provider credentials could not be loaded"),
+    }
+    result
+}
+
+/// Where the credentials come from, for logs and errors.
+fn describe(source: &CredentialSource) -> String {
+    match source {
+        CredentialSource::SecretsManager { secret_id } => {
+            format!("Secrets Manager secret {secret_id:?}")
+        }
+        CredentialSource::ParameterStore { path } => format!("SSM parameter path {path:?}"),
+        CredentialSource::Environment { .. } => "environment variables".to_owned(),
+    }
+}
+
+/// A Secrets Manager secret (name or ARN) whose SecretString is the JSON object
+/// `{"twilio_account_sid": …, "twilio_auth_token": …, "sendgrid_api_key": …}`.
+pub async fn from_secret(
+    client: &aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+) -> Result<ProviderCredentials, ConfigError> {
+    use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError as E;
+    let location = format!("Secrets Manager secret {secret_id:?}");
+    let output = client
+        .get_secret_value()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|e| {
+            let reason = match e.as_service_error() {
+                Some(E::ResourceNotFoundException(_)) => {
+                    "it does not exist (create it with `aws secretsmanager create-secret`, \
+                     see the README's Deploying section)"
+                        .to_owned()
+                }
+                Some(E::DecryptionFailure(_)) => format!(
+                    "{} (the function needs kms:Decrypt on the secret's customer managed key)",
+                    sdk_reason(&e)
+                ),
+                _ => with_permission_hint(&e, "secretsmanager:GetSecretValue on the secret"),
+            };
+            ConfigError::CredentialsUnavailable {
+                location: location.clone(),
+                reason,
+            }
+        })?;
+    let Some(text) = output.secret_string() else {
+        return Err(ConfigError::InvalidCredential {
+            location,
+            reason: format!(
+                "it has no SecretString (a binary secret?); store a JSON object with the keys {}",
+                SECRET_KEYS.join(", ")
+            ),
+        });
+    };
+    parse_secret(&location, text)
+}
+
+/// The secret's JSON. Error texts name keys and JSON types only: no part of the
+/// secret is ever quoted (serde's own messages can quote values, so they are not used).
+pub fn parse_secret(location: &str, text: &str) -> Result<ProviderCredentials, ConfigError> {
+    let invalid = |reason: String| ConfigError::InvalidCredential {
+        location: location.to_owned(),
+        reason,
+    };
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        invalid(format!(
+            "SecretString is not valid JSON (line {}, column {}); expected an object with the \
+             keys {}",
+            e.line(),
+            e.column(),
+            SECRET_KEYS.join(", ")
+        ))
+    })?;
+    let Value::Object(map) = value else {
+        return Err(invalid(format!(
+            "SecretString is a JSON {}, expected an object with the keys {}",
+            json_kind(&value),
+            SECRET_KEYS.join(", ")
+        )));
+    };
+    let field = |key: &'static str| -> Result<String, ConfigError> {
+        match map.get(key) {
+            None | Some(Value::Null) => Err(ConfigError::MissingCredential {
+                location: location.to_owned(),
+                key,
+            }),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                Err(invalid(format!("key {key:?} is empty")))
+            }
+            Some(Value::String(s)) => Ok(s.trim().to_owned()),
+            Some(other) => Err(invalid(format!(
+                "key {key:?} is a JSON {}, expected a string",
+                json_kind(other)
+            ))),
+        }
+    };
+    let [sid, token, key] = SECRET_KEYS;
+    Ok(ProviderCredentials {
+        twilio_account_sid: field(sid)?,
+        twilio_auth_token: field(token)?,
+        sendgrid_api_key: field(key)?,
+    })
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The parameters directly under an SSM path (`/messaging/providers` or
+/// `/messaging/providers/`), decrypted: one GetParametersByPath (paginated).
+pub async fn from_parameter_path(
+    client: &aws_sdk_ssm::Client,
+    path: &str,
+) -> Result<ProviderCredentials, ConfigError> {
+    let location = format!("SSM parameter path {path:?}");
+    let base = path.trim_end_matches('/');
+    let mut found = Vec::new();
+    let mut pages = client
+        .get_parameters_by_path()
+        .path(if base.is_empty() { "/" } else { base })
+        .recursive(false)
+        .with_decryption(true)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| ConfigError::CredentialsUnavailable {
+            location: location.clone(),
+            reason: with_permission_hint(
+                &e,
+                "ssm:GetParametersByPath on the path, and kms:Decrypt on a customer managed key",
+            ),
+        })?;
+        found.extend(page.parameters.unwrap_or_default());
+    }
+    parameters_to_credentials(&location, base, found)
+}
+
+/// The three parameters among those found under `base` (the path without a
+/// trailing slash).
+pub fn parameters_to_credentials(
+    location: &str,
+    base: &str,
+    parameters: Vec<Parameter>,
+) -> Result<ProviderCredentials, ConfigError> {
+    let by_name: HashMap<String, Parameter> = parameters
+        .into_iter()
+        .filter_map(|p| Some((p.name.clone()?, p)))
+        .collect();
+    let field = |(leaf, secure): (&'static str, bool)| -> Result<String, ConfigError> {
+        let name = format!("{base}/{leaf}");
+        let parameter = by_name
+            .get(&name)
+            .ok_or_else(|| ConfigError::MissingCredential {
+                location: location.to_owned(),
+                key: leaf,
+            })?;
+        let invalid = |reason: String| ConfigError::InvalidCredential {
+            location: format!("SSM parameter {name:?}"),
+            reason,
+        };
+        if secure && parameter.r#type() != Some(&ParameterType::SecureString) {
+            return Err(invalid(format!(
+                "it is a {}, expected a SecureString (it holds a secret)",
+                parameter
+                    .r#type()
+                    .map_or("parameter of unknown type", |t| t.as_str())
+            )));
+        }
+        match parameter.value() {
+            Some(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+            _ => Err(invalid("it is empty".to_owned())),
+        }
+    };
+    let [sid, token, key] = PARAMETERS;
+    Ok(ProviderCredentials {
+        twilio_account_sid: field(sid)?,
+        twilio_auth_token: field(token)?,
+        sendgrid_api_key: field(key)?,
+    })
+}
+
+/// `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`, `SENDGRID_API_KEY` (local development).
+pub fn from_environment(source: &CredentialSource) -> Result<ProviderCredentials, ConfigError> {
+    let CredentialSource::Environment {
+        twilio_account_sid,
+        twilio_auth_token,
+        sendgrid_api_key,
+    } = source
+    else {
+        unreachable!("from_environment is only called for CredentialSource::Environment");
+    };
+    if twilio_account_sid.is_none() && twilio_auth_token.is_none() && sendgrid_api_key.is_none() {
+        return Err(ConfigError::NoCredentials);
+    }
+    Ok(ProviderCredentials {
+        twilio_account_sid: require(twilio_account_sid, "TWILIO_ACCOUNT_SID")?.to_owned(),
+        twilio_auth_token: require(twilio_auth_token, "TWILIO_AUTH_TOKEN")?.to_owned(),
+        sendgrid_api_key: require(sendgrid_api_key, "SENDGRID_API_KEY")?.to_owned(),
+    })
+}
+
+/// An SDK error as "Code: message", or what is known without an answer (e.g. a
+/// connection failure). `DisplayErrorContext` is not used on answers: it prints
+/// the raw response, and an unreadable *successful* answer carries the secret.
+fn sdk_reason<E>(error: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match error {
+        SdkError::ServiceError(service) => match (error.code(), error.message()) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.to_owned(),
+            _ => {
+                // An error answer without an error code (e.g. from a proxy or an
+                // emulator): its body, which holds no secret on a failure.
+                let raw = service.raw();
+                let body = raw
+                    .body()
+                    .bytes()
+                    .map(|b| {
+                        String::from_utf8_lossy(b)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    })
+                    .unwrap_or_default();
+                format!("HTTP {} {}", raw.status().as_u16(), body.trim())
+            }
+        },
+        SdkError::ResponseError(response) => format!(
+            "unreadable answer (HTTP {})",
+            response.raw().status().as_u16()
+        ),
+        other => DisplayErrorContext(other).to_string(),
+    }
+}
+
+/// `sdk_reason`, plus which permission is missing when access was denied.
+fn with_permission_hint<E>(error: &SdkError<E, HttpResponse>, permission: &str) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let reason = sdk_reason(error);
+    match error.code() {
+        Some(code) if code.contains("AccessDenied") => {
+            format!("{reason} (the function needs {permission})")
+        }
+        _ => reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCATION: &str = "Secrets Manager secret \"messaging/providers\"";
+
+    fn secret(json: &str) -> Result<ProviderCredentials, ConfigError> {
+        parse_secret(LOCATION, json)
+    }
+
+    #[test]
+    fn a_secret_holds_the_three_keys() {
+        let c = secret(
+            r#"{"twilio_account_sid": "ACx", "twilio_auth_token": " tok3n\n",
+                "sendgrid_api_key": "SG.k3y", "note": "extra keys are ignored"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            ProviderCredentials {
+                twilio_account_sid: "ACx".into(),
+                twilio_auth_token: "tok3n".into(),
+                sendgrid_api_key: "SG.k3y".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_named_with_the_secret() {
+        for (json, key) in [
+            (
+                r#"{"twilio_account_sid": "ACx", "sendgrid_api_key": "SG.s3cret"}"#,
+                "twilio_auth_token",
+            ),
+            (
+                r#"{"twilio_account_sid": "ACx", "twilio_auth_token": "s3cret", "sendgrid_api_key": null}"#,
+                "sendgrid_api_key",
+            ),
+        ] {
+            let err = secret(json).unwrap_err();
+            assert_eq!(
+                err,
+                ConfigError::MissingCredential {
+                    location: LOCATION.into(),
+                    key
+                }
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains("messaging/providers") && text.contains(key),
+                "{text}"
+            );
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_secrets_are_reported_without_their_contents() {
+        for (json, fragment) in [
+            ("s3cret-not-json", "not valid JSON"),
+            (r#"{"twilio_account_sid": "s3cret"#, "not valid JSON"),
+            (r#""s3cret""#, "is a JSON string, expected an object"),
+            (r#"["s3cret"]"#, "is a JSON array, expected an object"),
+            (
+                r#"{"twilio_account_sid": "ACx", "twilio_auth_token": 12345, "sendgrid_api_key": "SG.s3cret"}"#,
+                r#"key "twilio_auth_token" is a JSON number, expected a string"#,
+            ),
+            (
+                r#"{"twilio_account_sid": "ACx", "twilio_auth_token": ["s3cret"], "sendgrid_api_key": "x"}"#,
+                r#"key "twilio_auth_token" is a JSON array"#,
+            ),
+            (
+                r#"{"twilio_account_sid": " ", "twilio_auth_token": "s3cret", "sendgrid_api_key": "x"}"#,
+                r#"key "twilio_account_sid" is empty"#,
+            ),
+        ] {
+            let err = secret(json).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, ConfigError::InvalidCredential { .. }),
+                "{json}: {err:?}"
+            );
+            assert!(text.contains(fragment), "{json}: {text}");
+            assert!(text.contains("messaging/providers"), "{text}");
+            assert!(
+                !text.contains("s3cret") && !text.contains("12345"),
+                "{text}"
+            );
+        }
+    }
+
+    fn parameter(name: &str, kind: ParameterType, value: &str) -> Parameter {
+        Parameter::builder()
+            .name(name)
+            .r#type(kind)
+            .value(value)
+            .build()
+    }
+
+    #[test]
+    fn parameters_are_read_under_the_path() {
+        let location = "SSM parameter path \"/messaging/providers/\"";
+        let c = parameters_to_credentials(
+            location,
+            "/messaging/providers",
+            vec![
+                parameter(
+                    "/messaging/providers/twilio-account-sid",
+                    ParameterType::String,
+                    "ACx",
+                ),
+                parameter(
+                    "/messaging/providers/twilio-auth-token",
+                    ParameterType::SecureString,
+                    "tok3n",
+                ),
+                parameter(
+                    "/messaging/providers/sendgrid-api-key",
+                    ParameterType::SecureString,
+                    "SG.k3y",
+                ),
+                parameter("/messaging/providers/unrelated", ParameterType::String, "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.twilio_account_sid, "ACx");
+        assert_eq!(c.twilio_auth_token, "tok3n");
+        assert_eq!(c.sendgrid_api_key, "SG.k3y");
+    }
+
+    #[test]
+    fn a_missing_or_plain_text_secret_parameter_is_named() {
+        let location = "SSM parameter path \"/p\"";
+        let sid = parameter("/p/twilio-account-sid", ParameterType::String, "ACx");
+        let err = parameters_to_credentials(location, "/p", vec![sid.clone()]).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::MissingCredential {
+                location: location.into(),
+                key: "twilio-auth-token"
+            }
+        );
+
+        let plain = parameter("/p/twilio-auth-token", ParameterType::String, "s3cret");
+        let key = parameter("/p/sendgrid-api-key", ParameterType::SecureString, "SG.k");
+        let err = parameters_to_credentials(location, "/p", vec![sid.clone(), plain, key.clone()])
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("\"/p/twilio-auth-token\"") && text.contains("expected a SecureString"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+
+        let empty = parameter("/p/twilio-auth-token", ParameterType::SecureString, " ");
+        let err = parameters_to_credentials(location, "/p", vec![sid, empty, key]).unwrap_err();
+        assert!(err.to_string().contains("is empty"), "{err}");
+    }
+
+    fn environment(
+        sid: Option<&str>,
+        token: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<ProviderCredentials, ConfigError> {
+        from_environment(&CredentialSource::Environment {
+            twilio_account_sid: sid.map(Into::into),
+            twilio_auth_token: token.map(Into::into),
+            sendgrid_api_key: key.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn environment_credentials_must_be_complete() {
+        assert_eq!(
+            environment(None, None, None).unwrap_err(),
+            ConfigError::NoCredentials
+        );
+        let text = ConfigError::NoCredentials.to_string();
+        assert!(
+            text.contains("PROVIDER_SECRET_ID") && text.contains("PROVIDER_PARAMETER_PATH"),
+            "{text}"
+        );
+        assert_eq!(
+            environment(Some("ACx"), None, Some("SG.k")).unwrap_err(),
+            ConfigError::Missing("TWILIO_AUTH_TOKEN")
+        );
+        assert_eq!(
+            environment(Some("ACx"), Some("t"), Some("SG.k")).unwrap(),
+            ProviderCredentials {
+                twilio_account_sid: "ACx".into(),
+                twilio_auth_token: "t".into(),
+                sendgrid_api_key: "SG.k".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn sdk_errors_never_quote_a_successful_answer() {
+        use aws_sdk_ssm::operation::get_parameters_by_path::GetParametersByPathError;
+        let answer = r#"{"Parameters": [{"Name": "/p/twilio-auth-token", "Value": "s3cret""#;
+        let error = SdkError::<GetParametersByPathError, _>::response_error(
+            "unexpected end of input",
+            HttpResponse::new(200.try_into().unwrap(), answer.into()),
+        );
+        assert!(
+            format!("{}", DisplayErrorContext(&error)).contains("s3cret"),
+            "the SDK's own text quotes the answer"
+        );
+        let reason = sdk_reason(&error);
+        assert_eq!(reason, "unreadable answer (HTTP 200)");
+
+        let error = SdkError::<GetParametersByPathError, _>::service_error(
+            GetParametersByPathError::unhandled("no code"),
+            HttpResponse::new(
+                400.try_into().unwrap(),
+                r#"{"error": "Unsupported service: ssm"}"#.into(),
+            ),
+        );
+        let reason = with_permission_hint(&error, "ssm:GetParametersByPath");
+        assert!(
+            reason.contains("HTTP 400") && reason.contains("Unsupported service: ssm"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn credentials_are_debug_printed_without_secrets() {
+        let c = ProviderCredentials {
+            twilio_account_sid: "ACx".into(),
+            twilio_auth_token: "s3cret-token".into(),
+            sendgrid_api_key: "SG.s3cret".into(),
+        };
+        let printed = format!("{c:?} {c:#?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("ACx"), "{printed}");
+    }
+}

@@ -1,0 +1,63 @@
+//! What every function does once, at cold start: logging, configuration, and the
+//! AWS SDK clients (built here, never per request).
+
+use aws_config::SdkConfig;
+
+use crate::adapters::dynamodb::DynamoDbStore;
+use crate::adapters::providers::{Providers, http_client};
+use crate::adapters::secrets::load_provider_credentials;
+use crate::adapters::sqs::SqsQueue;
+use crate::config::{Config, ConfigError};
+use crate::delivery::Deliverer;
+use crate::telemetry;
+
+pub struct Startup {
+    pub config: Config,
+    pub aws: SdkConfig,
+}
+
+impl Startup {
+    /// Sets up logging, then reads the configuration (failing fast with a message
+    /// naming the variable) and the AWS SDK configuration.
+    pub async fn init() -> Result<Self, ConfigError> {
+        telemetry::init();
+        Self::load().await
+    }
+
+    /// The configuration and AWS SDK configuration, without touching logging.
+    pub async fn load() -> Result<Self, ConfigError> {
+        let config = Config::from_env()?;
+        let aws = crate::adapters::aws_config().await;
+        Ok(Self { config, aws })
+    }
+
+    pub fn message_store(&self) -> DynamoDbStore {
+        DynamoDbStore::new(
+            aws_sdk_dynamodb::Client::new(&self.aws),
+            &self.config.table_name,
+        )
+    }
+
+    pub fn delivery_queue(&self) -> Result<SqsQueue, ConfigError> {
+        Ok(SqsQueue::new(
+            aws_sdk_sqs::Client::new(&self.aws),
+            self.config.require_queue_url()?,
+        ))
+    }
+
+    /// The delivery logic, with the provider credentials loaded once (from Secrets
+    /// Manager, SSM or, locally, the environment) and one HTTP client.
+    pub async fn deliverer(
+        &self,
+    ) -> Result<Deliverer<DynamoDbStore, SqsQueue, Providers>, lambda_runtime::Error> {
+        let credentials = load_provider_credentials(&self.config, &self.aws).await?;
+        let client = http_client(self.config.delivery.provider_timeout)?;
+        Ok(Deliverer::new(
+            self.message_store(),
+            self.delivery_queue()?,
+            Providers::from_config(&self.config, &credentials, client),
+            self.config.delivery.retry,
+            self.config.delivery.lease,
+        ))
+    }
+}
