@@ -1,7 +1,7 @@
 //! The AWS emulator's own latency, with the functions' own adapters (release build):
 //! what `PutItem` (the outbound insert), `SendMessage` (the enqueue) and `GetItem`
-//! (the read) cost on the local stack without any function around them, one at a
-//! time and 16 at a time. `cargo xtask bench` runs it against its stack and compares
+//! (the read) and a delivery's claim + completion (two conditional UpdateItems) cost on
+//! the local stack without any function around them, one at a time and 16 at a time. `cargo xtask bench` runs it against its stack and compares
 //! it with the API's latency; alone (without the stack's environment) it does nothing.
 //!
 //! Prints one line `BENCH_RESULT {json}`: per operation and concurrency, the latency
@@ -16,7 +16,7 @@ use shared::adapters::aws_config;
 use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::SqsQueue;
 use shared::domain::{Direction, Message, validate_outbound};
-use shared::ports::{DeliveryQueue, MessageStore};
+use shared::ports::{Claim, Completion, DeliveryQueue, Lease, MessageStore};
 use time::OffsetDateTime;
 
 const CONCURRENCY: [usize; 2] = [1, 16];
@@ -139,6 +139,33 @@ fn main() {
                 async move { matches!(s.get(&id).await, Ok(Some(_))) }
             })
             .await;
+            // What delivery does per message in the table: claim, then record `sent`.
+            let claimable: Arc<Vec<String>> = Arc::new({
+                let mut ids = Vec::with_capacity(ops);
+                for _ in 0..ops {
+                    let m = message();
+                    store.insert_outbound(&m, None).await.expect("PutItem");
+                    ids.push(m.id);
+                }
+                ids
+            });
+            let s = Arc::clone(&store);
+            let claim = measure(ops, concurrency, move |i| {
+                let (s, ids) = (Arc::clone(&s), Arc::clone(&claimable));
+                async move {
+                    let now = OffsetDateTime::now_utc();
+                    let lease = Lease {
+                        id: format!("emulator-bench-{i}"),
+                        expires_at: now + Duration::from_secs(60),
+                    };
+                    let sent = Completion::Sent {
+                        provider_message_id: Some("SM-bench".to_owned()),
+                    };
+                    matches!(s.claim(&ids[i], &lease, now).await, Ok(Claim::Claimed(_)))
+                        && s.complete(&ids[i], &lease.id, &sent, now).await.is_ok()
+                }
+            })
+            .await;
             // What the outbound function does per request: the insert, then the enqueue.
             let (s, q) = (Arc::clone(&store), Arc::clone(&queue));
             let both = measure(ops, concurrency, move |_| {
@@ -155,6 +182,7 @@ fn main() {
                 ("send_message", send),
                 ("get_item", get),
                 ("put_item_then_send_message", both),
+                ("claim_then_complete", claim),
             ] {
                 results.insert(format!("{name}@{concurrency}"), value);
             }

@@ -3,11 +3,11 @@
 //! the functions' handlers with the real adapters against the local stack.
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use e2e_tests::{env, queue, store};
+use e2e_tests::{aws, env, queue, store};
 use lambda_http::{Body, Response};
 use serde_json::Value;
 use shared::adapters::dynamodb::DynamoDbStore;
-use shared::adapters::sqs::{batch_response, delivery_records};
+use shared::adapters::sqs::{SqsQueue, batch_response, decode_body, delivery_records};
 use shared::api;
 use shared::domain::{Direction, Message, Status, validate_outbound};
 use shared::ports::MessageStore;
@@ -35,9 +35,29 @@ fn error_fields(body: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// A queue of the test's own. The stack's queue has a consumer (the bridge, as
+/// the event source mapping on AWS): SQS hands a new message to a waiting long
+/// poll at once, so a message queued there may already be `sending` when the
+/// test reads it back.
+async fn private_queue() -> (aws_sdk_sqs::Client, String) {
+    let client = aws_sdk_sqs::Client::new(&aws().await);
+    let url = client
+        .create_queue()
+        .queue_name(format!("it-{}", uuid::Uuid::new_v4().simple()))
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .expect("queue URL");
+    (client, url)
+}
+
 #[tokio::test]
 async fn outbound_fixtures_are_queued() {
-    let (store, queue) = (store().await, queue().await);
+    let store = store().await;
+    let (client, url) = private_queue().await;
+    let queue = SqsQueue::new(client.clone(), &url);
+    let mut ids = Vec::new();
     for (name, channel) in [
         ("outbound-sms.json", "sms"),
         ("outbound-mms.json", "mms"),
@@ -57,7 +77,30 @@ async fn outbound_fixtures_are_queued() {
         );
         let stored = store.get(id).await.unwrap().expect("stored");
         assert_eq!(stored.status, Status::Queued, "{name}");
+        ids.push(id.to_owned());
     }
+    // And the queue carries exactly those ids.
+    let mut queued = Vec::new();
+    for _ in 0..5 {
+        let received = client
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        for message in received.messages.unwrap_or_default() {
+            queued.push(decode_body(message.body().unwrap_or_default()).expect("queued body"));
+        }
+        if queued.len() >= ids.len() {
+            break;
+        }
+    }
+    queued.sort();
+    ids.sort();
+    assert_eq!(queued, ids);
+    client.delete_queue().queue_url(&url).send().await.unwrap();
 }
 
 #[tokio::test]

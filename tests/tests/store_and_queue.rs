@@ -334,8 +334,8 @@ async fn a_failed_enqueue_is_a_503_and_leaves_nothing_stored() {
     );
 
     // The key was released with it: a retry with a working queue is accepted anew.
-    let (_client, url) = private_queue().await;
-    let working = SqsQueue::new(aws_sdk_sqs::Client::new(&aws().await), url);
+    let (client, url) = private_queue().await;
+    let working = SqsQueue::new(client.clone(), &url);
     let retried = accept_outbound(&store, &working, payload, Some(&key))
         .await
         .unwrap();
@@ -343,6 +343,7 @@ async fn a_failed_enqueue_is_a_503_and_leaves_nothing_stored() {
         matches!(retried, OutboundAccepted::Queued(_)),
         "{retried:?}"
     );
+    client.delete_queue().queue_url(&url).send().await.unwrap();
 }
 
 #[tokio::test]
@@ -385,4 +386,5 @@ async fn concurrent_requests_with_one_idempotency_key_queue_one_message() {
         .await
         .unwrap_err();
     assert_eq!(err.into_response().status(), 409);
+    client.delete_queue().queue_url(&url).send().await.unwrap();
 }

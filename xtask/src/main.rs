@@ -1,10 +1,13 @@
 //! Developer tooling. `cargo xtask dev` runs the local stack, `cargo xtask test`
 //! runs every check and test against a fresh one.
 
+mod bench;
 mod policy;
 mod process;
 mod python;
 mod queue;
+mod sam;
+mod secrets;
 mod stack;
 mod template;
 
@@ -12,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 
 use crate::process::LogSink;
-use crate::stack::{Options, Ports, Stack};
+use crate::stack::{Emulator, Options, Ports, Stack};
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -24,8 +27,13 @@ commands:
   dev       run the local stack: AWS emulator on 127.0.0.1:4566, the API on
             http://127.0.0.1:9000 (cargo lambda watch), the SQS bridge and the
             provider simulator on 127.0.0.1:4010; Ctrl-C stops everything
+            --emulator localstack: SQS on LocalStack (the one answering at
+            AWS_ENDPOINT_URL, else the pinned one on 127.0.0.1:4566), DynamoDB
+            on ministack at 127.0.0.1:4567 unless that LocalStack offers it
   test      format check, SAM template lint, clippy, and every test against a
-            fresh local stack on free ports; then the fault-injection suite alone
+            fresh local stack on free ports; then the fault-injection suite alone;
+            then the integration and end-to-end suites again with SQS on LocalStack
+            --emulator localstack: only the first run, against LocalStack (as dev)
   faults    only the fault-injection suite, on a fresh stack
             (--messages N per phase, default 1000: the long mode)
   queue     queue operations, on the local stack or (--aws) on AWS:
@@ -35,7 +43,15 @@ commands:
               queue show <message-id>  one message, its lease and its state
             (`cargo xtask queue --help` for the options)
   inspect   the same as `queue stats`
-  setup     install the pinned Python tools into .local/venv";
+  bench     release builds on a fresh stack: cold starts, handler overhead, API
+            latency (wrk), delivery throughput, memory, sizes -> BENCHMARKS.md
+  sam-test  the functions under AWS SAM locally: sam build (x86_64), sam local
+            invoke of every fixture in events/, the end-to-end suite through sam
+            local start-api, all against a fresh local stack (needs Docker)
+  sam-image build the local invoke base image messaging-lambda-base:al2023-local
+            (debootstrap; only where no registry is reachable; --force rebuilds)
+  setup     install the pinned Python tools into .local/venv and LocalStack
+            into .local/localstack-venv";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -48,12 +64,17 @@ fn root() -> PathBuf {
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("dev") => dev().await,
-        Some("test") => test().await,
+        Some("dev") => dev(&args[1..]).await,
+        Some("test") => test(&args[1..]).await,
         Some("faults") => faults(&args[1..]).await,
         Some("queue") => queue::run(&args[1..]).await,
+        Some("bench") => bench::run(&args[1..]).await,
+        Some("sam-image") => sam::image_command(&args[1..]),
+        Some("sam-test") => sam::test(&args[1..]).await,
         Some("inspect") => queue::inspect(&args[1..]).await,
-        Some("setup") => python::ensure(&root()).map(|_| ()),
+        Some("setup") => python::ensure(&root())
+            .and_then(|_| python::ensure_localstack(&root()))
+            .map(|_| ()),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -111,28 +132,39 @@ fn fault_suite(nextest: bool) -> Command {
 /// delays, and a short queue visibility timeout (template: 180 s) and lease so
 /// that recovery from a killed delivery happens within a test's time.
 async fn start_test_stack(root: &Path, tools: &python::Tools, logs: &Path) -> Result<Stack> {
+    Stack::start(root, tools, test_options(logs)?).await
+}
+
+/// [`start_test_stack`] on the given emulator(s).
+async fn start_test_stack_with(
+    root: &Path,
+    tools: &python::Tools,
+    logs: &Path,
+    emulator: Emulator,
+) -> Result<Stack> {
+    Stack::start_with(root, tools, test_options(logs)?, emulator).await
+}
+
+/// The options of a test stack (and clears its log directory).
+fn test_options(logs: &Path) -> Result<Options> {
     let _ = std::fs::remove_dir_all(logs);
     println!(
         "xtask: starting the local stack (logs in {})",
         logs.display()
     );
-    Stack::start(
-        root,
-        tools,
-        Options {
-            ports: Ports::free()?,
-            sink: LogSink::Dir(logs.to_path_buf()),
-            function_env: vec![
-                ("RETRY_BASE_SECONDS".into(), "1".into()),
-                ("RETRY_MAX_SECONDS".into(), "2".into()),
-                ("PROVIDER_TIMEOUT_SECONDS".into(), "5".into()),
-                ("LEASE_SECONDS".into(), "10".into()),
-            ],
-            visibility_timeout: Some(20),
-            concurrency: 4,
-        },
-    )
-    .await
+    Ok(Options {
+        ports: Ports::free()?,
+        sink: LogSink::Dir(logs.to_path_buf()),
+        function_env: vec![
+            ("RETRY_BASE_SECONDS".into(), "1".into()),
+            ("RETRY_MAX_SECONDS".into(), "2".into()),
+            ("PROVIDER_TIMEOUT_SECONDS".into(), "5".into()),
+            ("LEASE_SECONDS".into(), "10".into()),
+        ],
+        visibility_timeout: Some(20),
+        concurrency: 4,
+        release: false,
+    })
 }
 
 /// `cargo xtask faults [--messages N]`: the long mode of the fault-injection suite.
@@ -162,15 +194,16 @@ fn cargo(args: &[&str]) -> Command {
     command
 }
 
-async fn dev() -> Result<()> {
+async fn dev(args: &[String]) -> Result<()> {
+    let emulator = Emulator::from_args(args)?;
     let root = root();
     let tools = python::ensure(&root)?;
     python::run(&mut cargo(&["build", "--workspace", "--bins"]))?;
-    let stack = Stack::start(
+    let start = Stack::start_with(
         &root,
         &tools,
         Options {
-            ports: Ports::fixed(),
+            ports: Ports::fixed_for(emulator),
             sink: LogSink::Console,
             function_env: vec![
                 ("LOG_FORMAT".into(), "text".into()),
@@ -179,13 +212,37 @@ async fn dev() -> Result<()> {
             ],
             visibility_timeout: None,
             concurrency: 2,
+            release: false,
         },
-    )
-    .await?;
+        emulator,
+    );
+    // Ctrl-C during start-up drops the half-started stack, which kills what it
+    // started (each piece runs in its own process group, out of the terminal's reach).
+    let stack = tokio::select! {
+        stack = start => stack?,
+        _ = wait_for_shutdown() => {
+            println!("xtask: interrupted during start-up; stopping what was started");
+            return Ok(());
+        }
+    };
+    // `cargo xtask queue` defaults to one emulator at 127.0.0.1:4566.
+    let queue_endpoints = if stack.dynamodb.url != stack.sqs.url {
+        format!(
+            "--endpoint {} --sqs-endpoint {} ",
+            stack.dynamodb.url, stack.sqs.url
+        )
+    } else if stack.dynamodb.url != "http://127.0.0.1:4566" {
+        format!("--endpoint {} ", stack.dynamodb.url)
+    } else {
+        String::new()
+    };
     println!(
-        "\nxtask: local stack ready\n  API:            {api}\n  AWS emulator:   {emu} (table {table}, queue {queue})\n  Provider sim:   {sim}\n\n  curl -s -X POST {api}/messages/outbound -H 'content-type: application/json' \\\n    -d '{{\"from\":\"+18045551234\",\"to\":\"+12016661234\",\"type\":\"sms\",\"body\":\"Hello\",\"attachments\":null}}'\n  cargo xtask queue stats\n\nPress Ctrl-C to stop.",
+        "\nxtask: local stack ready\n  API:            {api}\n  DynamoDB:       {dynamodb} ({dynamodb_by}; table {table})\n  SQS:            {sqs} ({sqs_by}; queue {queue})\n  Provider sim:   {sim}\n\n  curl -s -X POST {api}/messages/outbound -H 'content-type: application/json' \\\n    -d '{{\"from\":\"+18045551234\",\"to\":\"+12016661234\",\"type\":\"sms\",\"body\":\"Hello\",\"attachments\":null}}'\n  cargo xtask queue {queue_endpoints}stats\n\nPress Ctrl-C to stop.",
         api = stack.api_url,
-        emu = stack.emulator_url,
+        dynamodb = stack.dynamodb.url,
+        dynamodb_by = stack.dynamodb.by,
+        sqs = stack.sqs.url,
+        sqs_by = stack.sqs.by,
         table = stack::TABLE_NAME,
         queue = stack.queue_url,
         sim = stack
@@ -199,6 +256,42 @@ async fn dev() -> Result<()> {
     Ok(())
 }
 
+/// Starts a test stack on `emulator`, runs `commands` in order with its
+/// environment until one fails (printing a command's name, if it has one, first),
+/// and stops the stack.
+async fn tests_on_stack(
+    root: &Path,
+    tools: &python::Tools,
+    logs: &Path,
+    emulator: Emulator,
+    commands: Vec<(Option<&str>, Command)>,
+) -> Result<()> {
+    let started = Instant::now();
+    let stack = start_test_stack_with(root, tools, logs, emulator).await?;
+    println!(
+        "xtask: stack ready at {} (DynamoDB: {}, {}; SQS: {}, {}); running the tests",
+        stack.api_url, stack.dynamodb.by, stack.dynamodb.url, stack.sqs.by, stack.sqs.url
+    );
+    let mut result = Ok(());
+    for (name, mut command) in commands {
+        if let Some(name) = name {
+            println!("xtask: {name}");
+        }
+        result = python::run(command.envs(stack.env.iter().map(|(k, v)| (k, v))));
+        if result.is_err() {
+            break;
+        }
+    }
+    stack.stop().await;
+    let elapsed = started.elapsed().as_secs();
+    println!(
+        "xtask: that run took {}m{:02}s, stack start and stop included",
+        elapsed / 60,
+        elapsed % 60
+    );
+    result
+}
+
 async fn wait_for_shutdown() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
@@ -207,9 +300,16 @@ async fn wait_for_shutdown() {
     }
 }
 
-async fn test() -> Result<()> {
+async fn test(args: &[String]) -> Result<()> {
+    let emulator = Emulator::from_args(args)?;
     let started = Instant::now();
     let root = root();
+    // The second run's LocalStack installs (the first time only: about a minute)
+    // while the checks run.
+    let localstack_install = (emulator == Emulator::Ministack).then(|| {
+        let root = root.clone();
+        std::thread::spawn(move || python::ensure_localstack(&root))
+    });
     let mut failures = Vec::new();
     let mut step = |name: &str, command: &mut Command| {
         println!("xtask: {name}");
@@ -246,29 +346,62 @@ async fn test() -> Result<()> {
     );
     python::run(&mut cargo(&["build", "--workspace", "--all-targets"]))?;
 
-    let logs = root.join("target/xtask/logs");
-    let stack = start_test_stack(&root, &tools, &logs).await?;
-    println!("xtask: stack ready at {}; running the tests", stack.api_url);
     let nextest = has_nextest();
+    let (runs, on) = match emulator {
+        Emulator::Ministack => (2, "ministack (DynamoDB + SQS)"),
+        Emulator::LocalStack { .. } => (1, "LocalStack"),
+    };
+    println!(
+        "\nxtask: ===== run 1/{runs}: every test, then the fault-injection suite, on {on} ====="
+    );
     // Everything but the fault-injection suite (it is #[ignore]d: it changes the
     // simulator's global settings and kills processes), then that suite alone.
-    let mut suites = if nextest {
+    let suites = if nextest {
         cargo(&["nextest", "run", "--workspace", "--no-fail-fast"])
     } else {
         cargo(&["test", "--workspace", "--no-fail-fast"])
     };
-    let mut result = python::run(suites.envs(stack.env.iter().map(|(k, v)| (k, v))));
-    if result.is_ok() {
-        println!("xtask: fault-injection suite");
-        result = python::run(fault_suite(nextest).envs(stack.env.iter().map(|(k, v)| (k, v))));
-    }
-    stack.stop().await;
-    if let Err(e) = result {
+    let logs = root.join("target/xtask/logs");
+    let commands = vec![
+        (None, suites),
+        (Some("fault-injection suite"), fault_suite(nextest)),
+    ];
+    if let Err(e) = tests_on_stack(&root, &tools, &logs, emulator, commands).await {
         eprintln!(
             "xtask: tests failed: {e:#}\nxtask: service logs are in {}",
             logs.display()
         );
-        failures.push("tests".into());
+        failures.push(format!("tests on {on}"));
+    }
+
+    if let Some(install) = localstack_install {
+        // The integration and end-to-end suites once more, with SQS on (the
+        // pinned) LocalStack, so that a difference between the emulators fails a
+        // test. DynamoDB stays on ministack (see stack.rs).
+        println!(
+            "\nxtask: ===== run 2/2: the integration and end-to-end suites, SQS on LocalStack, DynamoDB on ministack ====="
+        );
+        let installed = install
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("installing LocalStack panicked")));
+        let suites = if nextest {
+            cargo(&["nextest", "run", "-p", "e2e-tests", "--no-fail-fast"])
+        } else {
+            cargo(&["test", "-p", "e2e-tests", "--no-fail-fast"])
+        };
+        let logs = root.join("target/xtask/logs-localstack");
+        let localstack = Emulator::LocalStack { reuse: false };
+        let result = match installed {
+            Ok(_) => tests_on_stack(&root, &tools, &logs, localstack, vec![(None, suites)]).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            eprintln!(
+                "xtask: tests with SQS on LocalStack failed: {e:#}\nxtask: service logs are in {}",
+                logs.display()
+            );
+            failures.push("tests with SQS on LocalStack".into());
+        }
     }
 
     let elapsed = started.elapsed().as_secs();

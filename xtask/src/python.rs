@@ -1,5 +1,6 @@
 //! The Python tools of the local stack (emulator, cargo-lambda, SAM CLI), pinned in
-//! xtask/requirements.txt and installed once into `.local/venv`.
+//! xtask/requirements.txt and installed once into `.local/venv`; and LocalStack,
+//! pinned in xtask/requirements-localstack.txt, in `.local/localstack-venv`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,21 +25,40 @@ impl Tools {
 
 /// Installs the pinned tools unless the venv already holds exactly those pins.
 pub fn ensure(root: &Path) -> Result<Tools> {
-    let venv = root.join(".local/venv");
-    let requirements = root.join("xtask/requirements.txt");
-    let wanted =
-        std::fs::read_to_string(&requirements).context("reading xtask/requirements.txt")?;
+    let bin = ensure_venv(
+        root,
+        ".local/venv",
+        "xtask/requirements.txt",
+        "the local stack's Python tools",
+    )?;
+    Ok(Tools { bin })
+}
+
+/// LocalStack, pinned in xtask/requirements-localstack.txt and installed once into
+/// its own venv, `.local/localstack-venv` (its pins clash with SAM's). Returns the
+/// venv's Python, which runs it as `python -m localstack.runtime.main`.
+pub fn ensure_localstack(root: &Path) -> Result<PathBuf> {
+    let bin = ensure_venv(
+        root,
+        ".local/localstack-venv",
+        "xtask/requirements-localstack.txt",
+        "LocalStack",
+    )?;
+    Ok(bin.join("python"))
+}
+
+/// Creates the venv `venv` (relative to `root`) and installs `requirements` into
+/// it, unless its stamp says it already holds exactly those pins. Returns its `bin`.
+fn ensure_venv(root: &Path, venv: &str, requirements: &str, what: &str) -> Result<PathBuf> {
+    let (venv_rel, venv) = (venv, root.join(venv));
+    let wanted = std::fs::read_to_string(root.join(requirements))
+        .with_context(|| format!("reading {requirements}"))?;
     let stamp = venv.join(".xtask-requirements");
     let python = venv.join("bin/python");
-    let tools = Tools {
-        bin: venv.join("bin"),
-    };
     if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
-        return Ok(tools);
+        return Ok(venv.join("bin"));
     }
-    println!(
-        "xtask: installing the local stack's Python tools into .local/venv (first run only)..."
-    );
+    println!("xtask: installing {what} into {venv_rel} (first run only)...");
     if !python.exists() {
         let system_python = find_python()?;
         run(Command::new(&system_python).args(["-m", "venv"]).arg(&venv))?;
@@ -52,9 +72,9 @@ pub fn ensure(root: &Path) -> Result<Tools> {
             "--disable-pip-version-check",
             "-r",
         ])
-        .arg(&requirements))?;
+        .arg(root.join(requirements)))?;
     std::fs::write(&stamp, wanted)?;
-    Ok(tools)
+    Ok(venv.join("bin"))
 }
 
 /// A Python 3.11 or newer.

@@ -37,7 +37,7 @@ use aws_sdk_sqs::types::{
 use crate::stack::{DLQ_NAME, QUEUE_NAME, TABLE_NAME, aws_config};
 
 pub const USAGE: &str = "\
-usage: cargo xtask queue [--endpoint URL | --aws] <subcommand>
+usage: cargo xtask queue [--endpoint URL [--sqs-endpoint URL] | --aws] <subcommand>
 
 subcommands:
   stats                 depths of the queue and the dead-letter queue (visible,
@@ -63,6 +63,8 @@ where:
   (default)             the local stack: emulator at --endpoint (default
                         http://127.0.0.1:4566), table messages, queues messages
                         and messages-dlq
+  --sqs-endpoint URL    SQS at URL, DynamoDB at --endpoint (`cargo xtask dev
+                        --emulator localstack` prints the two)
   --aws                 the AWS SDK's default configuration (AWS_PROFILE,
                         AWS_REGION, AWS_ENDPOINT_URL, ...) with TABLE_NAME,
                         QUEUE_URL and DLQ_URL from the environment; implied when
@@ -149,6 +151,7 @@ pub async fn run(args: &[String]) -> Result<()> {
 struct Args {
     aws: bool,
     endpoint: Option<String>,
+    sqs_endpoint: Option<String>,
     dlq: bool,
     limit: Option<usize>,
     help: bool,
@@ -170,6 +173,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "--dlq" => parsed.dlq = true,
             "-h" | "--help" => parsed.help = true,
             "--endpoint" => parsed.endpoint = Some(value("--endpoint")?),
+            "--sqs-endpoint" => parsed.sqs_endpoint = Some(value("--sqs-endpoint")?),
             "--limit" => {
                 let n = value("--limit")?.parse().ok().filter(|&n: &usize| n > 0);
                 parsed.limit = Some(n.context("--limit takes a number above 0")?);
@@ -180,8 +184,10 @@ fn parse(args: &[String]) -> Result<Args> {
             word => parsed.words.push(word.to_owned()),
         }
     }
-    if parsed.aws && parsed.endpoint.is_some() {
-        bail!("--aws and --endpoint exclude each other (on AWS set AWS_ENDPOINT_URL if needed)");
+    if parsed.aws && (parsed.endpoint.is_some() || parsed.sqs_endpoint.is_some()) {
+        bail!(
+            "--aws and --endpoint/--sqs-endpoint exclude each other (on AWS set AWS_ENDPOINT_URL if needed)"
+        );
     }
     Ok(parsed)
 }
@@ -191,29 +197,32 @@ struct Target {
     sqs: aws_sdk_sqs::Client,
     dynamodb: aws_sdk_dynamodb::Client,
     table: String,
-    /// The emulator's URL; `None` on AWS (names from the environment).
+    /// The SQS emulator's URL; `None` on AWS (names from the environment).
     endpoint: Option<String>,
 }
 
 impl Target {
     async fn connect(args: &Args) -> Result<Self> {
-        let on_aws =
-            args.aws || (args.endpoint.is_none() && std::env::var_os("QUEUE_URL").is_some());
-        let (config, table, endpoint) = if on_aws {
+        let local = args.endpoint.is_some() || args.sqs_endpoint.is_some();
+        let on_aws = args.aws || (!local && std::env::var_os("QUEUE_URL").is_some());
+        let (config, sqs_config, table, endpoint) = if on_aws {
             let table = required("TABLE_NAME")?;
             eprintln!(
                 "xtask: AWS SDK default configuration (--aws or QUEUE_URL set), table {table}"
             );
             // What the functions load.
             let config = shared::adapters::aws_config().await;
-            (config, table, None)
+            (config.clone(), config, table, None)
         } else {
             let endpoint = args.endpoint.as_deref().unwrap_or(LOCAL_ENDPOINT);
+            let sqs_endpoint = args.sqs_endpoint.as_deref().unwrap_or(endpoint);
             let config = aws_config(endpoint).await;
-            (config, TABLE_NAME.to_owned(), Some(endpoint.to_owned()))
+            let sqs_config = aws_config(sqs_endpoint).await;
+            let table = TABLE_NAME.to_owned();
+            (config, sqs_config, table, Some(sqs_endpoint.to_owned()))
         };
         Ok(Self {
-            sqs: aws_sdk_sqs::Client::new(&config),
+            sqs: aws_sdk_sqs::Client::new(&sqs_config),
             dynamodb: aws_sdk_dynamodb::Client::new(&config),
             table,
             endpoint,
@@ -933,6 +942,11 @@ mod tests {
             }
         );
         assert!(args("--aws show abc").unwrap().aws);
+        let a = args("--endpoint http://d:1 --sqs-endpoint http://s:2 stats").unwrap();
+        assert_eq!(
+            (a.endpoint.as_deref(), a.sqs_endpoint.as_deref()),
+            (Some("http://d:1"), Some("http://s:2"))
+        );
         assert_eq!(args("show abc").unwrap().words, ["show", "abc"]);
         for bad in [
             "peek --limit",
@@ -940,6 +954,7 @@ mod tests {
             "peek --limit 0",
             "peek --nope",
             "--aws --endpoint http://x stats",
+            "--aws --sqs-endpoint http://x stats",
         ] {
             assert!(args(bad).is_err(), "{bad}");
         }

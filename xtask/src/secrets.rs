@@ -8,7 +8,6 @@ use aws_sdk_secretsmanager::error::DisplayErrorContext;
 use aws_sdk_secretsmanager::operation::create_secret::CreateSecretError;
 
 /// Creates the secret `name`, or gives the existing one these values (idempotent).
-#[allow(dead_code)] // wired into the local stack by `stack.rs`
 pub async fn seed_provider_secret(
     aws: &aws_config::SdkConfig,
     name: &str,

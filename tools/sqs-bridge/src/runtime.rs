@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -97,6 +97,16 @@ impl std::error::Error for FunctionError {
     }
 }
 
+/// Where the time of one invocation went (see [`Worker::invoke_timed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvokeTiming {
+    /// From spawning the runtime process to its first `GET /runtime/invocation/next`
+    /// (Lambda's init phase); `None` when the process was already running.
+    pub init: Option<Duration>,
+    /// From handing the event out (`/next`) to the runtime posting its response.
+    pub invocation: Duration,
+}
+
 /// What the runtime posted for an invocation.
 enum Completion {
     Response(Bytes),
@@ -122,6 +132,9 @@ struct RuntimeState {
     /// is gone, and must not take the event meant for its successor.
     generation: u64,
     invocation: Option<Pending>,
+    /// When the current invocation's event was handed out, and when its result arrived.
+    delivered_at: Option<Instant>,
+    completed_at: Option<Instant>,
 }
 
 /// State shared between a worker and its Runtime API server.
@@ -143,10 +156,14 @@ impl Shared {
 
     /// Completes the delivered invocation `id`; `false` if there is no such invocation.
     fn complete(&self, id: &str, completion: Completion) -> bool {
-        let pending = self
-            .lock()
-            .invocation
-            .take_if(|p| p.delivered && p.id == id);
+        let pending = {
+            let mut state = self.lock();
+            let pending = state.invocation.take_if(|p| p.delivered && p.id == id);
+            if pending.is_some() {
+                state.completed_at = Some(Instant::now());
+            }
+            pending
+        };
         match pending {
             Some(pending) => {
                 // The worker may have given up on it in the meantime; nothing to do then.
@@ -168,6 +185,8 @@ pub struct Worker {
     addr: SocketAddr,
     shared: Arc<Shared>,
     child: Option<Child>,
+    /// When the current runtime process was spawned.
+    spawned_at: Option<Instant>,
     server: JoinHandle<()>,
 }
 
@@ -219,6 +238,7 @@ impl Worker {
             addr,
             shared,
             child: None,
+            spawned_at: None,
             server,
         })
     }
@@ -250,8 +270,19 @@ impl Worker {
     /// reported error, the runtime process exiting, or the function timeout (which
     /// kills the process). An empty response is `null`.
     pub async fn invoke(&mut self, event: &Value) -> Result<Value, FunctionError> {
+        self.invoke_timed(event).await.map(|(response, _)| response)
+    }
+
+    /// [`Worker::invoke`], also telling how long the runtime took to initialize (if
+    /// this invocation started it) and to answer (`cargo xtask bench` measures cold
+    /// starts with it).
+    pub async fn invoke_timed(
+        &mut self,
+        event: &Value,
+    ) -> Result<(Value, InvokeTiming), FunctionError> {
         self.reap_idle_exit();
-        if self.child.is_none() {
+        let cold = self.child.is_none();
+        if cold {
             self.spawn().map_err(FunctionError::Start)?;
         }
         let Some(child) = self.child.as_mut() else {
@@ -271,7 +302,11 @@ impl Worker {
             delivered: false,
             done,
         };
-        self.shared.update(|s| s.invocation = Some(pending));
+        self.shared.update(|s| {
+            s.invocation = Some(pending);
+            s.delivered_at = None;
+            s.completed_at = None;
+        });
 
         let outcome = tokio::select! {
             // A response that arrived just before the process exited still counts.
@@ -292,7 +327,24 @@ impl Worker {
         self.shared.update(|s| s.invocation = None);
 
         match outcome {
-            Ok(body) => parse_response(&body),
+            Ok(body) => {
+                let (delivered, completed) = {
+                    let state = self.shared.lock();
+                    (state.delivered_at, state.completed_at)
+                };
+                let invocation = match (delivered, completed) {
+                    (Some(delivered), Some(completed)) => completed.duration_since(delivered),
+                    _ => Duration::ZERO,
+                };
+                let init = match (cold, self.spawned_at, delivered) {
+                    (true, Some(spawned), Some(delivered)) => {
+                        Some(delivered.duration_since(spawned))
+                    }
+                    _ => None,
+                };
+                let timing = InvokeTiming { init, invocation };
+                parse_response(&body).map(|response| (response, timing))
+            }
             Err(e) => {
                 match &e {
                     // Already reaped by `wait`.
@@ -375,6 +427,7 @@ impl Worker {
         }
         // Requests still pending from a previous process must not see the next event.
         self.shared.update(|s| s.generation += 1);
+        self.spawned_at = Some(Instant::now());
         let child = command
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.binary.display())))?;
@@ -433,7 +486,9 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
             }
             if let Some(pending) = state.invocation.as_mut().filter(|p| !p.delivered) {
                 pending.delivered = true;
-                return event_response(pending);
+                let response = event_response(pending);
+                state.delivered_at = Some(Instant::now());
+                return response;
             }
         }
         changed.await;

@@ -116,6 +116,28 @@ async fn reports_failed_records_and_passes_the_context() {
 }
 
 #[tokio::test]
+async fn timed_invocations_report_init_only_when_they_start_the_process() {
+    let mut worker = worker(TIMEOUT).await;
+    let started = Instant::now();
+    let (response, cold) = worker
+        .invoke_timed(&event(&[("a", "ok")]))
+        .await
+        .expect("invocation succeeds");
+    let elapsed = started.elapsed();
+    assert!(failures(&response).is_empty());
+    let init = cold.init.expect("the first invocation starts the process");
+    assert!(
+        init + cold.invocation <= elapsed,
+        "{cold:?} within {elapsed:?}"
+    );
+
+    let (_, warm) = worker.invoke_timed(&event(&[("b", "ok")])).await.unwrap();
+    assert_eq!(warm.init, None, "the process was already running");
+    assert!(warm.invocation < TIMEOUT);
+    worker.shutdown().await;
+}
+
+#[tokio::test]
 async fn crash_fails_the_invocation_and_the_next_one_gets_a_new_process() {
     let mut worker = worker(TIMEOUT).await;
     let first = worker.invoke(&event(&[("a", "ok")])).await.unwrap();
