@@ -52,6 +52,22 @@ pub async fn provider_credentials() -> ProviderCredentials {
         .expect("provider credentials")
 }
 
+/// A queue of the test's own. The stack's queue has a consumer (the bridge, as the
+/// event source mapping on AWS) that would take the test's messages; SQS hands a
+/// new message to a waiting long poll at once.
+pub async fn private_queue() -> (aws_sdk_sqs::Client, String) {
+    let client = aws_sdk_sqs::Client::new(&aws().await);
+    let url = client
+        .create_queue()
+        .queue_name(format!("it-{}", uuid::Uuid::new_v4().simple()))
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .expect("queue URL");
+    (client, url)
+}
+
 /// A random North American number in E.164, so concurrent tests never share a recipient.
 pub fn phone() -> String {
     format!("+1555{:07}", rand_u32() % 10_000_000)
@@ -123,6 +139,17 @@ impl Api {
     pub async fn post_json(&self, path: &str, body: &Value) -> Answer {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await
+    }
+
+    /// `POST /messages/outbound` with an `Idempotency-Key` header.
+    pub async fn post_outbound_with_key(&self, key: &str, body: &Value) -> Answer {
+        self.send(
+            self.http
+                .post(format!("{}/messages/outbound", self.base))
+                .header("Idempotency-Key", key)
+                .json(body),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Answer {

@@ -392,18 +392,12 @@ async fn idempotency_key_replays_the_first_answer() {
     let to = phone();
     let key = format!("order-{}", uuid::Uuid::new_v4());
     let payload = json!({"from": "+18045551234", "to": to, "type": "sms", "body": "exactly once"});
-    let post = |body: &Value| {
-        api.http
-            .post(format!("{}/messages/outbound", api.base))
-            .header("Idempotency-Key", &key)
-            .json(body)
-    };
-    let first = api.send(post(&payload)).await;
+    let first = api.post_outbound_with_key(&key, &payload).await;
     assert_eq!(first.status, 202, "{}", first.json);
     let id = first.json["id"].as_str().unwrap().to_owned();
     api.wait_for(&id, SETTLE, settled).await;
 
-    let again = api.send(post(&payload)).await;
+    let again = api.post_outbound_with_key(&key, &payload).await;
     assert_eq!(again.status, 202);
     assert_eq!(again.json, first.json, "the first answer, verbatim");
     assert_eq!(
@@ -412,11 +406,8 @@ async fn idempotency_key_replays_the_first_answer() {
     );
     assert_eq!(again.headers["idempotent-replayed"], "true");
 
-    let conflict = api
-        .send(post(
-            &json!({"from": "+18045551234", "to": to, "type": "sms", "body": "changed"}),
-        ))
-        .await;
+    let changed = json!({"from": "+18045551234", "to": to, "type": "sms", "body": "changed"});
+    let conflict = api.post_outbound_with_key(&key, &changed).await;
     assert_eq!(conflict.status, 409, "{}", conflict.json);
     assert_eq!(conflict.json["errors"][0]["field"], "Idempotency-Key");
 
@@ -430,15 +421,9 @@ async fn fifty_concurrent_posts_with_one_key_make_one_message() {
     let to = phone();
     let key = format!("burst-{}", uuid::Uuid::new_v4());
     let payload = json!({"from": "+18045551234", "to": to, "type": "sms", "body": "burst"});
-    let answers = futures::future::join_all((0..50).map(|_| {
-        api.send(
-            api.http
-                .post(format!("{}/messages/outbound", api.base))
-                .header("Idempotency-Key", &key)
-                .json(&payload),
-        )
-    }))
-    .await;
+    let answers =
+        futures::future::join_all((0..50).map(|_| api.post_outbound_with_key(&key, &payload)))
+            .await;
     assert!(
         answers.iter().all(|a| a.status == 202),
         "{:?}",
@@ -457,14 +442,8 @@ async fn fifty_concurrent_posts_with_one_key_make_one_message() {
 #[tokio::test]
 async fn a_malformed_idempotency_key_is_400() {
     let api = Api::new();
-    let answer = api
-        .send(
-            api.http
-                .post(format!("{}/messages/outbound", api.base))
-                .header("Idempotency-Key", "k".repeat(300))
-                .json(&json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": "x"})),
-        )
-        .await;
+    let body = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": "x"});
+    let answer = api.post_outbound_with_key(&"k".repeat(300), &body).await;
     assert_eq!(answer.status, 400, "{}", answer.json);
     assert_eq!(answer.json["errors"][0]["field"], "Idempotency-Key");
 }

@@ -3,7 +3,7 @@
 //! the functions' handlers with the real adapters against the local stack.
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use e2e_tests::{aws, env, queue, store};
+use e2e_tests::{env, private_queue, queue, store};
 use lambda_http::{Body, Response};
 use serde_json::Value;
 use shared::adapters::dynamodb::DynamoDbStore;
@@ -33,23 +33,6 @@ fn error_fields(body: &Value) -> Vec<&str> {
         .iter()
         .map(|e| e["field"].as_str().unwrap_or("-"))
         .collect()
-}
-
-/// A queue of the test's own. The stack's queue has a consumer (the bridge, as
-/// the event source mapping on AWS): SQS hands a new message to a waiting long
-/// poll at once, so a message queued there may already be `sending` when the
-/// test reads it back.
-async fn private_queue() -> (aws_sdk_sqs::Client, String) {
-    let client = aws_sdk_sqs::Client::new(&aws().await);
-    let url = client
-        .create_queue()
-        .queue_name(format!("it-{}", uuid::Uuid::new_v4().simple()))
-        .send()
-        .await
-        .expect("create queue")
-        .queue_url
-        .expect("queue URL");
-    (client, url)
 }
 
 #[tokio::test]

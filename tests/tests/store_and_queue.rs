@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use e2e_tests::{aws, env, marker, phone, store, stored_with_marker};
+use e2e_tests::{aws, env, marker, phone, private_queue, store, stored_with_marker};
 use serde_json::json;
 use shared::adapters::sqs::{SqsQueue, decode_body};
 use shared::api::{OutboundAccepted, accept_inbound, accept_outbound};
@@ -200,20 +200,6 @@ async fn retry_requeues_with_the_reason() {
             .unwrap(),
         Claim::Claimed(_)
     ));
-}
-
-/// A queue of the test's own, so the stack's bridge does not consume its messages.
-async fn private_queue() -> (aws_sdk_sqs::Client, String) {
-    let client = aws_sdk_sqs::Client::new(&aws().await);
-    let url = client
-        .create_queue()
-        .queue_name(format!("it-{}", uuid::Uuid::new_v4().simple()))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    (client, url)
 }
 
 #[tokio::test]
