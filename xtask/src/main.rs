@@ -93,6 +93,16 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Whether a Docker engine answers (`sam local` needs one).
+fn docker_available() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn has_nextest() -> bool {
     Command::new("cargo-nextest")
         .arg("--version")
@@ -401,6 +411,20 @@ async fn test(args: &[String]) -> Result<()> {
                 logs.display()
             );
             failures.push("tests with SQS on LocalStack".into());
+        }
+
+        // The functions under AWS SAM: `sam local invoke` with every fixture and
+        // the end-to-end suite through `sam local start-api`. Needs a Docker engine.
+        if docker_available() {
+            println!(
+                "\nxtask: ===== the functions under AWS SAM (sam build, sam local invoke, sam local start-api) ====="
+            );
+            if let Err(e) = sam::test(&[]).await {
+                eprintln!("xtask: the SAM suites failed: {e:#}");
+                failures.push("SAM suites".into());
+            }
+        } else {
+            println!("\nxtask: no Docker engine answers (`docker info`): skipping the SAM suites");
         }
     }
 
