@@ -30,6 +30,8 @@ commands:
             --emulator localstack: SQS on LocalStack (the one answering at
             AWS_ENDPOINT_URL, else the pinned one on 127.0.0.1:4566), DynamoDB
             on ministack at 127.0.0.1:4567 unless that LocalStack offers it
+            --sam: the API through sam local start-api on http://127.0.0.1:3000,
+            the functions in containers as in sam-test (needs Docker)
   test      format check, SAM template lint, clippy, and every test against a
             fresh local stack on free ports; then the fault-injection suite alone;
             then the integration and end-to-end suites again with SQS on LocalStack
@@ -205,10 +207,18 @@ fn cargo(args: &[&str]) -> Command {
 }
 
 async fn dev(args: &[String]) -> Result<()> {
-    let emulator = Emulator::from_args(args)?;
+    let sam = args.iter().any(|a| a == "--sam");
+    let rest: Vec<String> = args.iter().filter(|a| *a != "--sam").cloned().collect();
+    let emulator = Emulator::from_args(&rest)?;
+    if sam && emulator != Emulator::Ministack {
+        bail!("--sam runs on the default emulator (ministack) only; drop --emulator");
+    }
     let root = root();
     let tools = python::ensure(&root)?;
     python::run(&mut cargo(&["build", "--workspace", "--bins"]))?;
+    if sam {
+        sam::dev_build(&root, &tools)?;
+    }
     let start = Stack::start_with(
         &root,
         &tools,
@@ -235,6 +245,37 @@ async fn dev(args: &[String]) -> Result<()> {
             return Ok(());
         }
     };
+    // --sam: the API through `sam local start-api`, the functions in containers.
+    let mut sam_api = None;
+    if sam {
+        let mut api = match sam::DevApi::start(&root, &tools, &stack).await {
+            Ok(api) => api,
+            Err(e) => {
+                stack.stop().await;
+                return Err(e);
+            }
+        };
+        let ready = tokio::select! {
+            ready = api.ready() => ready.map(|()| true),
+            _ = wait_for_shutdown() => Ok(false),
+        };
+        if !matches!(ready, Ok(true)) {
+            if ready.is_ok() {
+                println!("xtask: interrupted during start-up; stopping what was started");
+            }
+            api.stop().await;
+            stack.stop().await;
+            return ready.map(|_| ());
+        }
+        sam_api = Some(api);
+    }
+    let api_line = match &sam_api {
+        Some(api) => format!(
+            "{} (sam local start-api; cargo lambda watch's API is on {})",
+            api.url, stack.api_url
+        ),
+        None => stack.api_url.clone(),
+    };
     // `cargo xtask queue` defaults to one emulator at 127.0.0.1:4566.
     let queue_endpoints = if stack.dynamodb.url != stack.sqs.url {
         format!(
@@ -247,8 +288,8 @@ async fn dev(args: &[String]) -> Result<()> {
         String::new()
     };
     println!(
-        "\nxtask: local stack ready\n  API:            {api}\n  DynamoDB:       {dynamodb} ({dynamodb_by}; table {table})\n  SQS:            {sqs} ({sqs_by}; queue {queue})\n  Provider sim:   {sim}\n\n  curl -s -X POST {api}/messages/outbound -H 'content-type: application/json' \\\n    -d '{{\"from\":\"+18045551234\",\"to\":\"+12016661234\",\"type\":\"sms\",\"body\":\"Hello\",\"attachments\":null}}'\n  cargo xtask queue {queue_endpoints}stats\n\nPress Ctrl-C to stop.",
-        api = stack.api_url,
+        "\nxtask: local stack ready\n  API:            {api_line}\n  DynamoDB:       {dynamodb} ({dynamodb_by}; table {table})\n  SQS:            {sqs} ({sqs_by}; queue {queue})\n  Provider sim:   {sim}\n\n  curl -s -X POST {api}/messages/outbound -H 'content-type: application/json' \\\n    -d '{{\"from\":\"+18045551234\",\"to\":\"+12016661234\",\"type\":\"sms\",\"body\":\"Hello\",\"attachments\":null}}'\n  cargo xtask queue {queue_endpoints}stats\n\nPress Ctrl-C to stop.",
+        api = sam_api.as_ref().map_or(&stack.api_url, |a| &a.url),
         dynamodb = stack.dynamodb.url,
         dynamodb_by = stack.dynamodb.by,
         sqs = stack.sqs.url,
@@ -261,6 +302,10 @@ async fn dev(args: &[String]) -> Result<()> {
             .unwrap_or("(not started: provider URLs given)"),
     );
     wait_for_shutdown().await;
+    if let Some(api) = sam_api {
+        println!("xtask: stopping sam local start-api...");
+        api.stop().await;
+    }
     println!("xtask: stopping the local stack...");
     stack.stop().await;
     Ok(())
