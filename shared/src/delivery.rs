@@ -943,6 +943,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_of_ten_with_three_failures_reports_exactly_those_three() {
+        let mut store = FakeStore::new();
+        for i in 0..10 {
+            let id = format!("m-{i}");
+            store = store.with_claim(&id, Claim::Claimed(claimed_message(&id, 1)));
+        }
+        let d = deliverer(store, FakeProvider::accepting("SM1"));
+        let mut records: Vec<DeliveryRecord> = (0..10)
+            .map(|i| record(&format!("q-{i}"), &format!("m-{i}"), 1))
+            .collect();
+        // Three bad records among ten: two unreadable bodies and an unknown message.
+        records[2].message_id = Err("not a queued message".into());
+        records[5].message_id = Err("not a queued message".into());
+        records[8].message_id = Ok("m-unknown".into());
+
+        let failed = d.deliver_batch(&records, None).await;
+
+        assert_eq!(
+            sorted(failed),
+            vec!["q-2".to_owned(), "q-5".to_owned(), "q-8".to_owned()]
+        );
+        assert_eq!(d.provider.calls(), 7, "the seven good records are sent");
+    }
+
+    #[tokio::test]
     async fn empty_batch_reports_nothing() {
         let d = deliverer(FakeStore::new(), FakeProvider::accepting("SM123"));
         assert!(d.deliver_batch(&[], None).await.is_empty());
