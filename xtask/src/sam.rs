@@ -75,8 +75,6 @@ const FUNCTIONS: [&str; 4] = [
 /// Messages the SQS fixture names (records 1 and 4), stored before it is invoked.
 const SEEDED_SMS: &str = "01932c07-a0c4-7b6e-8000-0000000000a1";
 const SEEDED_EMAIL: &str = "01932c07-a0c4-7b6e-8000-0000000000a2";
-/// The secret the template's DeliveryFunction reads (parameter ProviderSecretName).
-const DEFAULT_SECRET_ID: &str = "messaging/providers";
 /// Stack variables the functions do not get: the SDK's credentials and region come
 /// from SAM (its own environment), the rest are for the test suites.
 const NOT_FOR_FUNCTIONS: [&str; 10] = [
@@ -851,7 +849,7 @@ async fn prepare_local(
         };
         crate::secrets::seed_provider_secret(
             &crate::stack::aws_config(&stack.emulator_url).await,
-            DEFAULT_SECRET_ID,
+            crate::stack::PROVIDER_SECRET,
             &given("TWILIO_ACCOUNT_SID")?,
             &given("TWILIO_AUTH_TOKEN")?,
             &given("SENDGRID_API_KEY")?,
@@ -859,7 +857,7 @@ async fn prepare_local(
         .await?;
         variables.insert(
             shared::config::PROVIDER_SECRET_ID.into(),
-            DEFAULT_SECRET_ID.into(),
+            crate::stack::PROVIDER_SECRET.into(),
         );
     }
     let gateway = bridge_gateway()?;

@@ -37,7 +37,7 @@ const TWILIO_TOKEN: &str = "test-token";
 const SENDGRID_KEY: &str = "SG.test-key";
 /// The Secrets Manager secret holding the provider credentials (the template's
 /// `ProviderSecretName` default).
-const PROVIDER_SECRET: &str = "messaging/providers";
+pub const PROVIDER_SECRET: &str = "messaging/providers";
 /// Credential variables of the caller's shell that must not reach the functions
 /// when they read the secret (they would be ignored, with a warning).
 const CREDENTIAL_VARIABLES: [&str; 3] = [
