@@ -4,6 +4,7 @@
 //! outbound:  queued ──claim──► sending ──► sent
 //!              ▲                  │   └──► failed
 //!              └──── requeue ─────┘   (retryable provider error)
+//! reports:   sending | sent ──► delivered | failed   (provider callbacks)
 //! inbound:   received
 //! ```
 //! A claim may also take over a `sending` message whose lease has expired (the
@@ -20,6 +21,8 @@ pub enum Status {
     Sending,
     /// Accepted by the provider.
     Sent,
+    /// The provider reports it reached the recipient.
+    Delivered,
     /// Will never be sent: rejected by the provider or out of retries.
     Failed,
     /// Received from a provider (inbound).
@@ -32,6 +35,7 @@ impl Status {
             Self::Queued => "queued",
             Self::Sending => "sending",
             Self::Sent => "sent",
+            Self::Delivered => "delivered",
             Self::Failed => "failed",
             Self::Received => "received",
         }
@@ -39,7 +43,10 @@ impl Status {
 
     /// A final status never changes again; redelivering such a message is a no-op.
     pub const fn is_final(self) -> bool {
-        matches!(self, Self::Sent | Self::Failed | Self::Received)
+        matches!(
+            self,
+            Self::Sent | Self::Delivered | Self::Failed | Self::Received
+        )
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -47,6 +54,7 @@ impl Status {
             Self::Queued,
             Self::Sending,
             Self::Sent,
+            Self::Delivered,
             Self::Failed,
             Self::Received,
         ]
@@ -68,6 +76,12 @@ pub enum Transition {
     MarkFailed,
     /// `sending → queued`, to be retried later.
     Requeue,
+    /// `sending | sent → delivered`: the provider reports delivery.
+    ReportDelivered,
+    /// `sending | sent → failed`: the provider reports it could not deliver.
+    /// Reports only move forward: a delivered or failed message stays so, and a
+    /// late `sent` after `delivered` changes nothing.
+    ReportFailed,
 }
 
 impl Transition {
@@ -76,6 +90,7 @@ impl Transition {
         match self {
             Self::Claim => &[Status::Queued, Status::Sending],
             Self::MarkSent | Self::MarkFailed | Self::Requeue => &[Status::Sending],
+            Self::ReportDelivered | Self::ReportFailed => &[Status::Sending, Status::Sent],
         }
     }
 
@@ -85,6 +100,8 @@ impl Transition {
             Self::MarkSent => Status::Sent,
             Self::MarkFailed => Status::Failed,
             Self::Requeue => Status::Queued,
+            Self::ReportDelivered => Status::Delivered,
+            Self::ReportFailed => Status::Failed,
         }
     }
 
@@ -98,16 +115,30 @@ impl Transition {
 mod tests {
     use super::*;
 
-    const ALL: [Status; 5] = [
+    const ALL: [Status; 6] = [
         Status::Queued,
         Status::Sending,
         Status::Sent,
+        Status::Delivered,
         Status::Failed,
         Status::Received,
     ];
 
     #[test]
-    fn final_statuses_accept_no_transition() {
+    fn reports_only_move_forward() {
+        for t in [Transition::ReportDelivered, Transition::ReportFailed] {
+            assert!(t.applies_to(Status::Sending));
+            assert!(t.applies_to(Status::Sent));
+            for settled in [Status::Delivered, Status::Failed, Status::Received, Status::Queued] {
+                assert!(!t.applies_to(settled), "{t:?} from {settled:?}");
+            }
+        }
+        assert_eq!(Transition::ReportDelivered.to(), Status::Delivered);
+        assert_eq!(Transition::ReportFailed.to(), Status::Failed);
+    }
+
+    #[test]
+    fn final_statuses_accept_no_delivery_transition() {
         for status in ALL.into_iter().filter(|s| s.is_final()) {
             for t in [
                 Transition::Claim,
@@ -149,6 +180,6 @@ mod tests {
             let json = serde_json::to_string(&status).unwrap();
             assert_eq!(json, format!("\"{}\"", status.as_str()));
         }
-        assert_eq!(Status::parse("delivered"), None);
+        assert_eq!(Status::parse("undelivered"), None);
     }
 }
