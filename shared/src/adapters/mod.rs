@@ -6,6 +6,7 @@ pub mod secrets;
 pub mod sendgrid;
 pub mod sqs;
 pub mod twilio;
+pub mod twilio_webhook;
 
 /// Loads the AWS SDK configuration once (region, credentials and endpoints such as
 /// `AWS_ENDPOINT_URL` come from the environment).
