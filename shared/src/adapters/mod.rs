@@ -4,6 +4,7 @@ pub mod dynamodb;
 pub mod providers;
 pub mod secrets;
 pub mod sendgrid;
+pub mod sendgrid_webhook;
 pub mod sqs;
 pub mod twilio;
 pub mod twilio_webhook;
