@@ -9,10 +9,15 @@ use time::OffsetDateTime;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::domain::idempotency::{self, IdempotencyKey, fingerprint};
-use crate::domain::{Direction, FieldError, Message, validate_inbound, validate_outbound};
+use crate::domain::{
+    Direction, FieldError, Message, NewMessage, validate_inbound, validate_outbound,
+};
 use crate::http::{ApiError, json_object_body, json_response, raw_json_response};
 use crate::metrics::{self, Metric, dimension, name};
-use crate::ports::{DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore, OutboundInsert};
+use crate::ports::{
+    ConversationStore, DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore,
+    OutboundInsert,
+};
 
 /// The answer to an accepted outbound request.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +37,7 @@ pub enum OutboundAccepted {
 /// never acknowledged unless it is on its way. With an idempotency key, a repeat of
 /// the same body gets the first answer and a different body a 409.
 pub async fn accept_outbound(
-    store: &impl MessageStore,
+    store: &(impl MessageStore + ConversationStore),
     queue: &impl DeliveryQueue,
     payload: &Map<String, Value>,
     key: Option<&IdempotencyKey>,
@@ -70,6 +75,7 @@ pub async fn accept_outbound(
         }
         return Err(enqueue_error.into());
     }
+    record_in_conversation(store, &message).await;
     info!(
         message_id = %message.id,
         conversation_id = %message.conversation_id,
@@ -86,12 +92,24 @@ pub async fn accept_outbound(
 
 /// Validates and stores an inbound message, once per `messaging_provider_id`.
 pub async fn accept_inbound(
-    store: &impl MessageStore,
+    store: &(impl MessageStore + ConversationStore),
     payload: &Map<String, Value>,
 ) -> Result<InboundInsert, ApiError> {
     let new = validate_inbound(payload).map_err(rejected)?;
+    store_inbound(store, new).await
+}
+
+/// Stores a validated inbound message (from the API or a provider webhook) once
+/// per `messaging_provider_id`, and counts it in its conversation.
+pub async fn store_inbound(
+    store: &(impl MessageStore + ConversationStore),
+    new: NewMessage,
+) -> Result<InboundInsert, ApiError> {
     let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
     let insert = store.insert_inbound(&message).await?;
+    if let InboundInsert::Created(m) = &insert {
+        record_in_conversation(store, m).await;
+    }
     match &insert {
         InboundInsert::Created(m) => info!(
             message_id = %m.id,
@@ -104,6 +122,22 @@ pub async fn accept_inbound(
     Ok(insert)
 }
 
+/// Counts a stored message in its conversation's summary. The message itself is
+/// already stored (and listed among the conversation's messages); a failure
+/// here leaves only the summary behind, so it is logged and counted, and the
+/// request still succeeds.
+async fn record_in_conversation(store: &impl ConversationStore, message: &Message) {
+    if let Err(e) = store.record_in_conversation(message).await {
+        error!(
+            message_id = %message.id,
+            conversation_id = %message.conversation_id,
+            error = %e,
+            "conversation summary not updated"
+        );
+        metrics::emit(&[Metric::count(name::CONVERSATION_SUMMARY_FAILED, 1)], &[]);
+    }
+}
+
 /// The 422 for a payload that failed validation, counted.
 fn rejected(errors: Vec<FieldError>) -> ApiError {
     metrics::emit(&[Metric::count(name::VALIDATION_REJECTED, 1)], &[]);
@@ -112,7 +146,10 @@ fn rejected(errors: Vec<FieldError>) -> ApiError {
 
 /// Reads one message by id.
 pub async fn find_message(store: &impl MessageStore, id: &str) -> Result<Message, ApiError> {
-    let not_found = || ApiError::NotFound(format!("no message with id {id:?}"));
+    let not_found = || ApiError::NotFound {
+        field: "id",
+        message: format!("no message with id {id:?}"),
+    };
     if uuid::Uuid::parse_str(id).is_err() {
         return Err(not_found());
     }
@@ -121,7 +158,7 @@ pub async fn find_message(store: &impl MessageStore, id: &str) -> Result<Message
 
 /// `POST /messages/outbound` → 202 with the queued message and its `Location`.
 pub async fn handle_outbound(
-    store: &impl MessageStore,
+    store: &(impl MessageStore + ConversationStore),
     queue: &impl DeliveryQueue,
     request: Request,
 ) -> Response<Body> {
@@ -162,7 +199,10 @@ pub async fn handle_outbound(
 
 /// `POST /messages/inbound` → 201 with the stored message, or 200 with the message
 /// already stored under the same `messaging_provider_id`.
-pub async fn handle_inbound(store: &impl MessageStore, request: Request) -> Response<Body> {
+pub async fn handle_inbound(
+    store: &(impl MessageStore + ConversationStore),
+    request: Request,
+) -> Response<Body> {
     let span = request_span(&request);
     async {
         let payload = json_object_body(&request)?;
@@ -187,7 +227,7 @@ pub async fn handle_get_message(store: &impl MessageStore, request: Request) -> 
         })
 }
 
-fn message_response(status: StatusCode, message: &Message) -> Response<Body> {
+pub(crate) fn message_response(status: StatusCode, message: &Message) -> Response<Body> {
     let mut response = json_response(status, message);
     if status != StatusCode::OK {
         set_location(&mut response, &message.id);
@@ -222,7 +262,7 @@ fn path_id(request: &Request) -> String {
         })
 }
 
-fn request_span(request: &Request) -> tracing::Span {
+pub(crate) fn request_span(request: &Request) -> tracing::Span {
     let request_id = request
         .lambda_context_ref()
         .map(|c| c.request_id.clone())
@@ -247,6 +287,44 @@ mod tests {
     struct MemoryStore {
         messages: Mutex<HashMap<String, Message>>,
         keys: Mutex<HashMap<String, IdempotencyRecord>>,
+        /// Ids of the messages counted in their conversation, in order.
+        in_conversations: Mutex<Vec<String>>,
+    }
+
+    /// Only what the accept paths use: counting a message in its conversation.
+    impl ConversationStore for MemoryStore {
+        async fn record_in_conversation(&self, message: &Message) -> Result<(), StoreError> {
+            self.in_conversations
+                .lock()
+                .unwrap()
+                .push(message.id.clone());
+            Ok(())
+        }
+
+        async fn conversation(
+            &self,
+            _id: &str,
+        ) -> Result<Option<crate::domain::Conversation>, StoreError> {
+            unimplemented!("not used by the accept paths")
+        }
+
+        async fn conversations_of(
+            &self,
+            _participant: &str,
+            _limit: usize,
+            _after: Option<&crate::ports::Position>,
+        ) -> Result<crate::ports::Page<crate::domain::Conversation>, StoreError> {
+            unimplemented!("not used by the accept paths")
+        }
+
+        async fn conversation_messages(
+            &self,
+            _id: &str,
+            _limit: usize,
+            _after: Option<&crate::ports::Position>,
+        ) -> Result<crate::ports::Page<Message>, StoreError> {
+            unimplemented!("not used by the accept paths")
+        }
     }
 
     impl MessageStore for MemoryStore {
@@ -361,8 +439,14 @@ mod tests {
 
         let accepted = accept_outbound(&store, &queue, &sms(), None).await.unwrap();
 
-        assert!(matches!(accepted, OutboundAccepted::Queued(_)));
+        let OutboundAccepted::Queued(message) = accepted else {
+            panic!("not queued: {accepted:?}");
+        };
         assert_eq!(queue.enqueued.lock().unwrap().len(), 1);
+        assert_eq!(
+            *store.in_conversations.lock().unwrap(),
+            [message.id.clone()]
+        );
         let docs = capture.documents();
         assert_eq!(docs.len(), 1, "{docs:?}");
         assert_eq!(docs[0]["MessagesAccepted"], 1);

@@ -62,12 +62,63 @@ pub struct Config {
     /// ignored because a store is configured. Names variables only, never values.
     pub credential_warning: Option<String>,
     pub delivery: DeliveryConfig,
+    pub webhooks: WebhookConfig,
+    /// `CURSOR_SECRET`: the key pagination cursors are signed with. Every instance
+    /// of the read function must share it (the template generates one in Secrets
+    /// Manager). Unset, a fixed development key is used (see [`Self::cursor_key`]).
+    pub cursor_secret: Option<String>,
 }
+
+/// The key cursors are signed with when `CURSOR_SECRET` is unset (local stacks).
+pub const DEVELOPMENT_CURSOR_KEY: &[u8] = b"messaging-local-development-cursor-key";
 
 #[derive(Debug, Clone)]
 pub struct TwilioConfig {
     /// `TWILIO_API_URL`, default the public Twilio API.
     pub api_url: String,
+    /// `TWILIO_STATUS_CALLBACK_URL`: sent as `StatusCallback` with every message,
+    /// so Twilio reports delivery. Default `PUBLIC_BASE_URL` +
+    /// `/webhooks/twilio/status`; none when neither is set.
+    pub status_callback_url: Option<String>,
+}
+
+/// The provider webhooks' settings.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    /// `PUBLIC_BASE_URL`: the scheme and host (and stage path, if any) the
+    /// providers call, e.g. `https://api.example.com`. Twilio signs the URL it
+    /// was configured with, which API Gateway may rewrite before the function
+    /// sees it; unset, the URL is rebuilt from the request's `Host` and
+    /// `X-Forwarded-Proto` headers.
+    pub public_base_url: Option<String>,
+    /// `SENDGRID_WEBHOOK_PUBLIC_KEY`: the Event Webhook's verification key, as
+    /// SendGrid shows it (base64 DER). Unset, every event post is refused.
+    pub sendgrid_public_key: Option<String>,
+    /// `SENDGRID_WEBHOOK_MAX_AGE_SECONDS` (default 300): older signed event posts
+    /// are refused as replays.
+    pub sendgrid_max_age: Duration,
+    /// `SENDGRID_INBOUND_BASIC_AUTH`: `user:password` SendGrid's Inbound Parse
+    /// must send (configure its URL as `https://user:password@host/...`). Unset,
+    /// every inbound parse post is refused.
+    pub sendgrid_inbound_basic_auth: Option<String>,
+}
+
+// The inbound parse password stays out of logs.
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("public_base_url", &self.public_base_url)
+            .field("sendgrid_public_key", &self.sendgrid_public_key)
+            .field("sendgrid_max_age", &self.sendgrid_max_age)
+            .field(
+                "sendgrid_inbound_basic_auth",
+                &self
+                    .sendgrid_inbound_basic_auth
+                    .as_ref()
+                    .map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -181,12 +232,22 @@ impl Config {
         };
 
         let (credentials, credential_warning) = credential_source(&get)?;
+        let optional_url = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            get(name).map(|_| url(name, "")).transpose()
+        };
+        let public_base_url = optional_url("PUBLIC_BASE_URL")?;
+        let status_callback_url = optional_url("TWILIO_STATUS_CALLBACK_URL")?.or_else(|| {
+            public_base_url
+                .as_ref()
+                .map(|base| format!("{base}/webhooks/twilio/status"))
+        });
 
         Ok(Self {
             table_name: get("TABLE_NAME").ok_or(ConfigError::Missing("TABLE_NAME"))?,
             queue_url: get("QUEUE_URL"),
             twilio: TwilioConfig {
                 api_url: url("TWILIO_API_URL", DEFAULT_TWILIO_API_URL)?,
+                status_callback_url,
             },
             sendgrid: SendGridConfig {
                 api_url: url("SENDGRID_API_URL", DEFAULT_SENDGRID_API_URL)?,
@@ -203,7 +264,33 @@ impl Config {
                 provider_timeout: seconds("PROVIDER_TIMEOUT_SECONDS", 10)?,
                 lease: seconds("LEASE_SECONDS", 60)?,
             },
+            webhooks: WebhookConfig {
+                public_base_url,
+                sendgrid_public_key: get("SENDGRID_WEBHOOK_PUBLIC_KEY"),
+                sendgrid_max_age: seconds("SENDGRID_WEBHOOK_MAX_AGE_SECONDS", 300)?,
+                sendgrid_inbound_basic_auth: get("SENDGRID_INBOUND_BASIC_AUTH"),
+            },
+            cursor_secret: get("CURSOR_SECRET"),
         })
+    }
+
+    /// The key pagination cursors are signed with: `CURSOR_SECRET`, else the
+    /// development key, which is fine locally but lets anyone who reads this
+    /// source forge cursors, hence the warning.
+    pub fn cursor_key(&self) -> &[u8] {
+        match &self.cursor_secret {
+            Some(secret) => secret.as_bytes(),
+            None => {
+                if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+                    && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+                {
+                    tracing::warn!(
+                        "CURSOR_SECRET is not set; signing cursors with the development key"
+                    );
+                }
+                DEVELOPMENT_CURSOR_KEY
+            }
+        }
     }
 
     /// The queue URL, required by the functions that enqueue or reschedule.

@@ -21,15 +21,31 @@ pub enum ApiError {
     },
     #[error("validation failed")]
     Validation(Vec<FieldError>),
-    #[error("{0}")]
-    NotFound(String),
+    /// Nothing under this id; `field` names what was looked up (`id`, `MessageSid`).
+    #[error("{message}")]
+    NotFound {
+        field: &'static str,
+        message: String,
+    },
+    /// A webhook whose signature is missing, wrong or stale.
+    #[error("{message}")]
+    Forbidden {
+        field: &'static str,
+        message: String,
+    },
+    /// No valid HTTP Basic credentials; answered with `WWW-Authenticate`.
+    #[error("valid credentials are required")]
+    Unauthorized { realm: &'static str },
     /// The idempotency key was already used with a different request.
     #[error("{0}")]
     Conflict(String),
     #[error("request body exceeds {MAX_BODY_BYTES} bytes")]
     PayloadTooLarge,
-    #[error("content type {0:?} is not supported; send application/json")]
-    UnsupportedMediaType(String),
+    #[error("content type {declared:?} is not supported; send {expected}")]
+    UnsupportedMediaType {
+        declared: String,
+        expected: &'static str,
+    },
     /// A dependency failed; the request can be retried.
     #[error("{0}")]
     Unavailable(String),
@@ -51,10 +67,12 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -74,8 +92,12 @@ impl ApiError {
                 field: field.as_deref(),
                 message: self.to_string(),
             }],
-            Self::NotFound(_) => vec![ErrorItem {
-                field: Some("id"),
+            Self::NotFound { field, .. } | Self::Forbidden { field, .. } => vec![ErrorItem {
+                field: Some(field),
+                message: self.to_string(),
+            }],
+            Self::Unauthorized { .. } => vec![ErrorItem {
+                field: Some("authorization"),
                 message: self.to_string(),
             }],
             Self::Conflict(_) => vec![ErrorItem {
@@ -86,7 +108,7 @@ impl ApiError {
                 field: Some("body"),
                 message: self.to_string(),
             }],
-            Self::UnsupportedMediaType(_) => vec![ErrorItem {
+            Self::UnsupportedMediaType { .. } => vec![ErrorItem {
                 field: Some("content-type"),
                 message: self.to_string(),
             }],
@@ -96,6 +118,13 @@ impl ApiError {
             }],
         };
         let mut response = json_response(status, &ErrorBody { errors });
+        if let Self::Unauthorized { realm } = &self
+            && let Ok(value) = HeaderValue::try_from(format!("Basic realm=\"{realm}\""))
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -143,7 +172,10 @@ pub fn json_object_body(request: &Request) -> Result<Map<String, Value>, ApiErro
     if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
         let declared = content_type.to_str().unwrap_or_default();
         if !is_json_media_type(declared) {
-            return Err(ApiError::UnsupportedMediaType(declared.to_owned()));
+            return Err(ApiError::UnsupportedMediaType {
+                declared: declared.to_owned(),
+                expected: "application/json",
+            });
         }
     }
     let bytes: &[u8] = request.body().as_ref();

@@ -5,6 +5,8 @@
 pub mod adapters;
 pub mod api;
 pub mod config;
+pub mod conversations;
+pub mod cursor;
 pub mod delivery;
 pub mod domain;
 pub mod http;
@@ -12,3 +14,4 @@ pub mod metrics;
 pub mod ports;
 pub mod startup;
 pub mod telemetry;
+pub mod webhooks;

@@ -54,6 +54,14 @@ pub mod name {
     pub const BATCH_SIZE: &str = "BatchSize";
     /// Records of one delivery invocation reported back to the queue.
     pub const BATCH_FAILURES: &str = "BatchFailures";
+    /// A stored message could not be counted in its conversation's summary.
+    pub const CONVERSATION_SUMMARY_FAILED: &str = "ConversationSummaryFailed";
+    /// A webhook was refused for a bad, missing or stale signature or credentials
+    /// (dimension `Provider`).
+    pub const WEBHOOK_REJECTED: &str = "WebhookRejected";
+    /// A provider report moved a message to `delivered` or `failed`
+    /// (dimension `Provider`).
+    pub const REPORTS_APPLIED: &str = "ReportsApplied";
 }
 
 /// Dimension names.

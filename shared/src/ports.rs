@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::domain::Message;
+use crate::domain::{Conversation, Message, ProviderKind, Transition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -202,4 +202,95 @@ pub trait Provider: Send + Sync {
         &self,
         message: &Message,
     ) -> impl Future<Output = Result<Accepted, ProviderError>> + Send;
+}
+
+/// Where a page of a query ended: the sort key and id of its last item. Opaque
+/// to callers; the API hands it out only inside a signed cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub sort: String,
+    pub id: String,
+}
+
+/// One page of a query, and where the next one starts (`None` on the last page).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Position>,
+}
+
+/// Threads of messages: summaries kept up to date as messages are stored, and
+/// the read paths of the conversation API.
+pub trait ConversationStore: Send + Sync {
+    /// Counts a newly stored message in its conversation's summary, and makes
+    /// it the conversation's last message unless a later one is already there.
+    fn record_in_conversation(
+        &self,
+        message: &Message,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn conversation(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Conversation>, StoreError>> + Send;
+
+    /// A participant's conversations, latest activity first.
+    fn conversations_of(
+        &self,
+        participant: &str,
+        limit: usize,
+        after: Option<&Position>,
+    ) -> impl Future<Output = Result<Page<Conversation>, StoreError>> + Send;
+
+    /// A conversation's messages in timestamp order (ties by id).
+    fn conversation_messages(
+        &self,
+        conversation_id: &str,
+        limit: usize,
+        after: Option<&Position>,
+    ) -> impl Future<Output = Result<Page<Message>, StoreError>> + Send;
+}
+
+/// What a provider report did to the message it is about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportApplied {
+    /// The message moved to the reported status.
+    Applied(Message),
+    /// The message is already there or further along: nothing changed.
+    Ignored(Message),
+    NotFound,
+}
+
+/// Provider reports (status callbacks, events) applied to stored messages.
+pub trait ReportStore: Send + Sync {
+    /// The message a provider knows by `provider_message_id`.
+    fn find_by_provider_id(
+        &self,
+        provider: ProviderKind,
+        provider_message_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Moves a message along `transition` if its status allows it (forward only).
+    fn apply_report(
+        &self,
+        message_id: &str,
+        transition: Transition,
+        detail: Option<&str>,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<ReportApplied, StoreError>> + Send;
+
+    /// Whether a provider event with this id was recorded by [`Self::remember_event`].
+    fn event_seen(
+        &self,
+        provider: ProviderKind,
+        event_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records a provider event id as handled (kept for a few days).
+    fn remember_event(
+        &self,
+        provider: ProviderKind,
+        event_id: &str,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

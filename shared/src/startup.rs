@@ -8,8 +8,10 @@ use crate::adapters::providers::{Providers, http_client};
 use crate::adapters::secrets::load_provider_credentials;
 use crate::adapters::sqs::SqsQueue;
 use crate::config::{Config, ConfigError};
+use crate::cursor::CursorCodec;
 use crate::delivery::Deliverer;
 use crate::telemetry;
+use crate::webhooks::Webhooks;
 
 pub struct Startup {
     pub config: Config,
@@ -59,5 +61,21 @@ impl Startup {
             self.config.delivery.retry,
             self.config.delivery.lease,
         ))
+    }
+
+    /// The key pagination cursors are signed with.
+    pub fn cursor_codec(&self) -> CursorCodec {
+        CursorCodec::new(self.config.cursor_key())
+    }
+
+    /// The provider webhooks, with the Twilio auth token loaded once like the
+    /// delivery function's credentials.
+    pub async fn webhooks(&self) -> Result<Webhooks<DynamoDbStore>, lambda_runtime::Error> {
+        let credentials = load_provider_credentials(&self.config, &self.aws).await?;
+        Ok(Webhooks::new(
+            self.message_store(),
+            &credentials.twilio_auth_token,
+            &self.config.webhooks,
+        )?)
     }
 }

@@ -41,19 +41,51 @@ mod tests {
                 ("dynamodb:PutItem", TABLE),
                 ("dynamodb:GetItem", TABLE),
                 ("dynamodb:DeleteItem", TABLE),
+                // The conversation summaries.
+                ("dynamodb:UpdateItem", TABLE),
                 ("sqs:SendMessage", QUEUE),
             ],
         ),
         (
             "InboundFunction",
-            &[("dynamodb:PutItem", TABLE), ("dynamodb:GetItem", TABLE)],
+            &[
+                ("dynamodb:PutItem", TABLE),
+                ("dynamodb:GetItem", TABLE),
+                ("dynamodb:UpdateItem", TABLE),
+            ],
         ),
-        ("ReadFunction", &[("dynamodb:GetItem", TABLE)]),
+        (
+            "ReadFunction",
+            &[
+                ("dynamodb:GetItem", TABLE),
+                // The two conversation indexes, no other (and no Scan).
+                (
+                    "dynamodb:Query",
+                    "!Sub ${MessagesTable.Arn}/index/conversation-messages",
+                ),
+                (
+                    "dynamodb:Query",
+                    "!Sub ${MessagesTable.Arn}/index/participant-conversations",
+                ),
+            ],
+        ),
+        (
+            "WebhooksFunction",
+            &[
+                ("dynamodb:GetItem", TABLE),
+                ("dynamodb:PutItem", TABLE),
+                ("dynamodb:UpdateItem", TABLE),
+                // The Twilio auth token that webhook signatures are checked with.
+                ("secretsmanager:GetSecretValue", PROVIDER_SECRET),
+            ],
+        ),
         (
             DELIVERY,
             &[
                 ("dynamodb:GetItem", TABLE),
                 ("dynamodb:UpdateItem", TABLE),
+                // The provider's message id, written with the sent status.
+                ("dynamodb:PutItem", TABLE),
                 // Retries are scheduled by changing the message's visibility.
                 ("sqs:ChangeMessageVisibility", QUEUE),
                 // On the last receive the queue allows, a message still to be retried
@@ -69,7 +101,24 @@ mod tests {
     const EXPECTED_EVENTS: &[(&str, &[&str])] = &[
         ("OutboundFunction", &["HttpApi POST /messages/outbound"]),
         ("InboundFunction", &["HttpApi POST /messages/inbound"]),
-        ("ReadFunction", &["HttpApi GET /messages/{id}"]),
+        (
+            "ReadFunction",
+            &[
+                "HttpApi GET /messages/{id}",
+                "HttpApi GET /conversations",
+                "HttpApi GET /conversations/{id}",
+                "HttpApi GET /conversations/{id}/messages",
+            ],
+        ),
+        (
+            "WebhooksFunction",
+            &[
+                "HttpApi POST /webhooks/twilio/messages",
+                "HttpApi POST /webhooks/twilio/status",
+                "HttpApi POST /webhooks/sendgrid/inbound",
+                "HttpApi POST /webhooks/sendgrid/events",
+            ],
+        ),
         (
             DELIVERY,
             &["SQS MessagesQueue FunctionResponseTypes=[ReportBatchItemFailures]"],
@@ -97,6 +146,9 @@ mod tests {
         ("MessageAgeAtDelivery", None),
         ("BatchSize", None),
         ("BatchFailures", None),
+        ("ConversationSummaryFailed", None),
+        ("WebhookRejected", Some("Provider")),
+        ("ReportsApplied", Some("Provider")),
     ];
 
     type Grants = BTreeSet<(String, String)>;

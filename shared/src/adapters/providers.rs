@@ -46,7 +46,8 @@ impl Providers {
                 &config.twilio.api_url,
                 &credentials.twilio_account_sid,
                 &credentials.twilio_auth_token,
-            ),
+            )
+            .with_status_callback(config.twilio.status_callback_url.clone()),
             sendgrid: SendGrid::new(
                 client,
                 &config.sendgrid.api_url,

@@ -14,6 +14,8 @@ pub struct Twilio {
     endpoint: String,
     account_sid: String,
     auth_token: String,
+    /// Sent as `StatusCallback`: where Twilio reports delivery.
+    status_callback: Option<String>,
 }
 
 impl std::fmt::Debug for Twilio {
@@ -50,7 +52,14 @@ impl Twilio {
             ),
             account_sid: account_sid.to_owned(),
             auth_token: auth_token.to_owned(),
+            status_callback: None,
         }
+    }
+
+    /// Asks Twilio to report each message's delivery to `url` (our status webhook).
+    pub fn with_status_callback(mut self, url: Option<String>) -> Self {
+        self.status_callback = url;
+        self
     }
 
     /// The form fields of a Messages API request: `To`, `From`, `Body` (omitted when
@@ -70,10 +79,14 @@ impl Twilio {
     }
 
     pub fn request(&self, message: &Message) -> reqwest::RequestBuilder {
+        let mut form = Self::form(message);
+        if let Some(url) = &self.status_callback {
+            form.push(("StatusCallback", url.as_str()));
+        }
         self.client
             .post(&self.endpoint)
             .basic_auth(&self.account_sid, Some(&self.auth_token))
-            .form(&Self::form(message))
+            .form(&form)
     }
 
     pub async fn send(&self, message: &Message) -> Result<Accepted, ProviderError> {
@@ -187,5 +200,24 @@ mod tests {
         );
         let body = std::str::from_utf8(request.body().unwrap().as_bytes().unwrap()).unwrap();
         assert_eq!(body, "To=%2B12016661234&From=%2B18045551234&Body=hi+there");
+    }
+
+    #[test]
+    fn a_configured_status_callback_is_sent_with_every_message() {
+        let twilio = Twilio::new(reqwest::Client::new(), "http://sim", "AC1", "t")
+            .with_status_callback(Some(
+                "https://api.example.com/webhooks/twilio/status".into(),
+            ));
+        let request = twilio
+            .request(&message(Channel::Sms, "hi", None))
+            .build()
+            .unwrap();
+        let body = std::str::from_utf8(request.body().unwrap().as_bytes().unwrap()).unwrap();
+        assert!(
+            body.ends_with(
+                "&StatusCallback=https%3A%2F%2Fapi.example.com%2Fwebhooks%2Ftwilio%2Fstatus"
+            ),
+            "{body}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The messaging domain: pure types and rules, no AWS or HTTP types.
 
-mod conversation;
+pub mod conversation;
 mod history;
 pub mod idempotency;
 mod message;
@@ -9,7 +9,7 @@ mod retry;
 mod status;
 pub mod validation;
 
-pub use conversation::ConversationKey;
+pub use conversation::{Conversation, ConversationKey, LastMessage};
 pub use history::HistoryEntry;
 pub use idempotency::IdempotencyKey;
 pub use message::{Channel, Direction, Message, MessageId, NewMessage, ProviderKind};

@@ -129,7 +129,12 @@ mod tests {
         for t in [Transition::ReportDelivered, Transition::ReportFailed] {
             assert!(t.applies_to(Status::Sending));
             assert!(t.applies_to(Status::Sent));
-            for settled in [Status::Delivered, Status::Failed, Status::Received, Status::Queued] {
+            for settled in [
+                Status::Delivered,
+                Status::Failed,
+                Status::Received,
+                Status::Queued,
+            ] {
                 assert!(!t.applies_to(settled), "{t:?} from {settled:?}");
             }
         }

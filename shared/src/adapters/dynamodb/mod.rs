@@ -7,17 +7,31 @@
 //!   written in the same transaction as the message;
 //! - `IDEMPOTENCY#<key>`: an outbound request's idempotency key with the body's
 //!   fingerprint, the message id and the first response; expires (TTL
-//!   `expires_at`, epoch seconds) after 24 hours.
+//!   `expires_at`, epoch seconds) after 24 hours;
+//! - `PROVIDER#<provider message id>`: the message a provider knows by that id
+//!   (Twilio `SM…` sids and SendGrid `X-Message-Id`s), written with the `sent`
+//!   status, so status callbacks find their message;
+//! - `EVENT#<provider>#<event id>`: a provider event already handled (TTL 7 days);
+//! - conversations (see [`conversations`]): `CONV#<id>` and `CONVPART#<id>#<participant>`.
+//!
+//! Message items also carry `conversation_sort`, their position in their
+//! conversation (GSI `conversation-messages`).
+
+mod conversations;
+mod reports;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
+};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::domain::conversation::sort_key;
 use crate::domain::{Message, Status};
 use crate::ports::{
     Claim, Completion, IdempotencyRecord, InboundInsert, Lease, MessageStore, OutboundInsert,
@@ -53,6 +67,10 @@ impl DynamoDbStore {
         let mut item: Item =
             serde_dynamo::to_item(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         item.insert("pk".into(), Self::message_key(&message.id));
+        item.insert(
+            "conversation_sort".into(),
+            s(sort_key(message.timestamp, &message.id)),
+        );
         Ok(item)
     }
 
@@ -67,6 +85,10 @@ impl DynamoDbStore {
             .await
             .map_err(unavailable)?;
         Ok(output.item)
+    }
+
+    pub fn provider_key(provider_message_id: &str) -> AttributeValue {
+        AttributeValue::S(format!("PROVIDER#{provider_message_id}"))
     }
 
     pub fn idempotency_key(key: &str) -> AttributeValue {
@@ -391,9 +413,7 @@ impl MessageStore for DynamoDbStore {
                 "last_error = :reason, next_attempt_at = :next",
             ),
         };
-        let mut update = self
-            .client
-            .update_item()
+        let mut update = Update::builder()
             .table_name(&self.table)
             .key("pk", Self::message_key(id))
             .update_expression(format!(
@@ -410,17 +430,21 @@ impl MessageStore for DynamoDbStore {
         if let Some(reason) = reason {
             update = update.expression_attribute_values(":reason", s(reason));
         }
+        let mut provider_index = None;
         update = match completion {
             Completion::Sent {
                 provider_message_id,
-            } => update
-                .expression_attribute_values(
-                    ":pid",
-                    provider_message_id
-                        .clone()
-                        .map_or(AttributeValue::Null(true), AttributeValue::S),
-                )
-                .expression_attribute_values(":null", AttributeValue::Null(true)),
+            } => {
+                provider_index = provider_message_id.as_deref();
+                update
+                    .expression_attribute_values(
+                        ":pid",
+                        provider_message_id
+                            .clone()
+                            .map_or(AttributeValue::Null(true), AttributeValue::S),
+                    )
+                    .expression_attribute_values(":null", AttributeValue::Null(true))
+            }
             Completion::Failed { .. } => {
                 update.expression_attribute_values(":null", AttributeValue::Null(true))
             }
@@ -428,11 +452,28 @@ impl MessageStore for DynamoDbStore {
                 next_attempt_at, ..
             } => update.expression_attribute_values(":next", rfc3339(*next_attempt_at)),
         };
-        update
+        let update = update
+            .build()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut request = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(update).build());
+        // The provider's id for the message, so its status callbacks find it.
+        if let Some(provider_id) = provider_index {
+            let index = Put::builder()
+                .table_name(&self.table)
+                .item("pk", Self::provider_key(provider_id))
+                .item("message_id", s(id))
+                .build()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            request = request.transact_items(TransactWriteItem::builder().put(index).build());
+        }
+        request
             .send()
             .await
             .map_err(|e| match e.into_service_error() {
-                e if e.is_conditional_check_failed_exception() => StoreError::Conflict(format!(
+                e if e.is_transaction_canceled_exception() => StoreError::Conflict(format!(
                     "lease {lease_id} on message {id} is no longer held"
                 )),
                 e => unavailable(e),

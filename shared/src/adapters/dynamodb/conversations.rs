@@ -1,0 +1,269 @@
+//! Conversation summaries and the conversation read paths.
+//!
+//! Items:
+//! - `CONV#<id>`: the summary of a conversation (`id`, `channel`, `participants`,
+//!   `message_count`, `last_message`, `last_message_at`, `created_at`), and
+//!   `last_sort`, the `conversation_sort` of its last message;
+//! - `CONVPART#<id>#<participant>`: the same summary once per participant, with
+//!   `participant`, indexed by GSI `participant-conversations` (`participant`,
+//!   `last_sort`) for "a participant's conversations, latest first".
+//!
+//! Each item is updated on its own with commutative writes: `ADD message_count`,
+//! and the last message replaced only under the condition that it is older
+//! (`last_sort < :sort`). Concurrent messages of one conversation never conflict,
+//! and the summary converges on the latest message whatever order they arrive in.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use futures::future::try_join_all;
+
+use super::{DynamoDbStore, Item, rfc3339, s, to_message, unavailable};
+use crate::domain::conversation::{LastMessage, sort_key};
+use crate::domain::{Conversation, ConversationKey, Message};
+use crate::ports::{ConversationStore, Page, Position, StoreError};
+
+pub const MESSAGES_INDEX: &str = "conversation-messages";
+pub const PARTICIPANT_INDEX: &str = "participant-conversations";
+
+impl DynamoDbStore {
+    pub fn conversation_key(id: &str) -> AttributeValue {
+        s(format!("CONV#{id}"))
+    }
+
+    pub fn participant_key(id: &str, participant: &str) -> AttributeValue {
+        s(format!("CONVPART#{id}#{participant}"))
+    }
+
+    /// Updates one summary item: counts the message and, if it is the latest,
+    /// makes it the last message.
+    async fn update_summary(
+        &self,
+        pk: AttributeValue,
+        participant: Option<&str>,
+        summary: &SummaryValues,
+    ) -> Result<(), StoreError> {
+        for latest in [true, false] {
+            let mut set = vec![
+                "#id = :id",
+                "#channel = :channel",
+                "#participants = :participants",
+                "#created = if_not_exists(#created, :now)",
+            ];
+            if participant.is_some() {
+                set.push("#participant = :participant");
+            }
+            if latest {
+                set.extend(["#last = :last", "#last_at = :last_at", "#sort = :sort"]);
+            }
+            let mut update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", pk.clone())
+                .update_expression(format!("SET {} ADD #count :one", set.join(", ")))
+                .expression_attribute_names("#id", "id")
+                .expression_attribute_names("#channel", "channel")
+                .expression_attribute_names("#participants", "participants")
+                .expression_attribute_names("#created", "created_at")
+                .expression_attribute_names("#count", "message_count")
+                .expression_attribute_values(":id", s(&summary.id))
+                .expression_attribute_values(":channel", s(summary.channel))
+                .expression_attribute_values(":participants", summary.participants.clone())
+                .expression_attribute_values(":now", summary.now.clone())
+                .expression_attribute_values(":one", AttributeValue::N("1".into()));
+            if let Some(participant) = participant {
+                update = update
+                    .expression_attribute_names("#participant", "participant")
+                    .expression_attribute_values(":participant", s(participant));
+            }
+            if latest {
+                update = update
+                    .expression_attribute_names("#last", "last_message")
+                    .expression_attribute_names("#last_at", "last_message_at")
+                    .expression_attribute_names("#sort", "last_sort")
+                    .expression_attribute_values(":last", summary.last.clone())
+                    .expression_attribute_values(":last_at", summary.last_at.clone())
+                    .expression_attribute_values(":sort", s(&summary.sort))
+                    .condition_expression("attribute_not_exists(#sort) OR #sort < :sort");
+            }
+            match update.send().await.map_err(|e| e.into_service_error()) {
+                Ok(_) => return Ok(()),
+                // A later message is already the last one: only count this one.
+                Err(e) if latest && e.is_conditional_check_failed_exception() => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn query_page(
+        &self,
+        index: &str,
+        hash: (&str, &str),
+        forward: bool,
+        limit: usize,
+        start: Option<Item>,
+        sort_attribute: &str,
+    ) -> Result<(Vec<Item>, Option<String>), StoreError> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index)
+            .key_condition_expression("#hash = :hash")
+            .expression_attribute_names("#hash", hash.0)
+            .expression_attribute_values(":hash", s(hash.1))
+            .scan_index_forward(forward)
+            // One more than asked: tells whether there is a next page.
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let mut items = output.items.unwrap_or_default();
+        if items.len() <= limit {
+            return Ok((items, None));
+        }
+        items.truncate(limit);
+        let last_sort = items
+            .last()
+            .and_then(|item| match item.get(sort_attribute) {
+                Some(AttributeValue::S(sort)) => Some(sort.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| StoreError::Corrupt(format!("indexed item without {sort_attribute}")))?;
+        Ok((items, Some(last_sort)))
+    }
+}
+
+/// The attribute values every summary item of one message's conversation gets.
+struct SummaryValues {
+    id: String,
+    channel: &'static str,
+    participants: AttributeValue,
+    now: AttributeValue,
+    last: AttributeValue,
+    last_at: AttributeValue,
+    sort: String,
+}
+
+fn to_conversation(item: Item) -> Result<Conversation, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl ConversationStore for DynamoDbStore {
+    async fn record_in_conversation(&self, message: &Message) -> Result<(), StoreError> {
+        let key = ConversationKey::new(message.channel, &message.from, &message.to);
+        let last = serde_dynamo::to_attribute_value(LastMessage::of(message))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let summary = SummaryValues {
+            id: message.conversation_id.clone(),
+            channel: key.family(),
+            participants: AttributeValue::L(key.participants().iter().map(s).collect()),
+            now: rfc3339(message.created_at),
+            last,
+            last_at: rfc3339(message.timestamp),
+            sort: sort_key(message.timestamp, &message.id),
+        };
+        let [first, second] = key.participants();
+        let mut updates = vec![
+            self.update_summary(Self::conversation_key(&summary.id), None, &summary),
+            self.update_summary(
+                Self::participant_key(&summary.id, first),
+                Some(first),
+                &summary,
+            ),
+        ];
+        // Someone writing to themselves has one participant item, not two.
+        if second != first {
+            updates.push(self.update_summary(
+                Self::participant_key(&summary.id, second),
+                Some(second),
+                &summary,
+            ));
+        }
+        try_join_all(updates).await?;
+        Ok(())
+    }
+
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        self.get_item(Self::conversation_key(id))
+            .await?
+            .map(to_conversation)
+            .transpose()
+    }
+
+    async fn conversations_of(
+        &self,
+        participant: &str,
+        limit: usize,
+        after: Option<&Position>,
+    ) -> Result<Page<Conversation>, StoreError> {
+        let start = after.map(|position| {
+            Item::from([
+                ("participant".to_owned(), s(participant)),
+                ("last_sort".to_owned(), s(&position.sort)),
+                (
+                    "pk".to_owned(),
+                    Self::participant_key(&position.id, participant),
+                ),
+            ])
+        });
+        let (items, next_sort) = self
+            .query_page(
+                PARTICIPANT_INDEX,
+                ("participant", participant),
+                false,
+                limit,
+                start,
+                "last_sort",
+            )
+            .await?;
+        let items = items
+            .into_iter()
+            .map(to_conversation)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = next_sort.and_then(|sort| {
+            items.last().map(|c| Position {
+                sort,
+                id: c.id.clone(),
+            })
+        });
+        Ok(Page { items, next })
+    }
+
+    async fn conversation_messages(
+        &self,
+        conversation_id: &str,
+        limit: usize,
+        after: Option<&Position>,
+    ) -> Result<Page<Message>, StoreError> {
+        let start = after.map(|position| {
+            Item::from([
+                ("conversation_id".to_owned(), s(conversation_id)),
+                ("conversation_sort".to_owned(), s(&position.sort)),
+                ("pk".to_owned(), Self::message_key(&position.id)),
+            ])
+        });
+        let (items, next_sort) = self
+            .query_page(
+                MESSAGES_INDEX,
+                ("conversation_id", conversation_id),
+                true,
+                limit,
+                start,
+                "conversation_sort",
+            )
+            .await?;
+        let items = items
+            .into_iter()
+            .map(to_message)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = next_sort.and_then(|sort| {
+            items.last().map(|m| Position {
+                sort,
+                id: m.id.clone(),
+            })
+        });
+        Ok(Page { items, next })
+    }
+}
