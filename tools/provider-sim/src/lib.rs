@@ -1,7 +1,10 @@
 //! Local stand-in for the Twilio Messages API and SendGrid v3 `mail/send`, with
 //! switchable latency, random faults, scripted per-recipient failures and a
-//! request log that tests can inspect.
+//! request log that tests can inspect. Accepted sends are followed by signed
+//! callbacks, as the real providers make them: Twilio status callbacks to the
+//! `StatusCallback` URL, SendGrid Event Webhook posts to `--sendgrid-events-url`.
 
+mod callbacks;
 mod providers;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -23,6 +26,10 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+pub use callbacks::{
+    CallbackRecord, DEV_SENDGRID_PUBLIC_KEY, DEV_SENDGRID_SIGNING_KEY, UNDELIVERED_ERROR_CODE,
+    parse_signing_key, sign_sendgrid_events,
+};
 pub use providers::Record;
 
 pub const USAGE: &str = "\
@@ -36,8 +43,13 @@ Flags (env var; default):
   --hang-rate F             (SIM_HANG_RATE; 0)      fraction delayed by hang-ms, then 500
   --hang-ms N               (SIM_HANG_MS; 120000)
   --twilio-account-sid SID  (TWILIO_ACCOUNT_SID; ACtest)
-  --twilio-auth-token TOK   (TWILIO_AUTH_TOKEN; test-token)
+  --twilio-auth-token TOK   (TWILIO_AUTH_TOKEN; test-token)  also signs status callbacks
   --sendgrid-api-key KEY    (SENDGRID_API_KEY; SG.test-key)
+  --callback-delay-ms N     (SIM_CALLBACK_DELAY_MS; 100)  before each status callback/event
+  --undelivered-ratio F     (SIM_UNDELIVERED_RATIO; 0)    fraction ending undelivered/bounce
+  --sendgrid-events-url URL (SIM_SENDGRID_EVENTS_URL; none: no SendGrid events)
+  --sendgrid-signing-key K  (SIM_SENDGRID_SIGNING_KEY; the development key)
+                            P-256 key: base64 PKCS#8 DER, PEM or hex scalar
 ";
 
 /// Latency and fault injection settings; changeable at runtime via `PUT /_sim/config`.
@@ -50,6 +62,11 @@ pub struct Faults {
     pub throttle_rate: f64,
     pub hang_rate: f64,
     pub hang_ms: u64,
+    /// Wait before each status callback (Twilio) or event post (SendGrid).
+    pub callback_delay_ms: u64,
+    /// Fraction of accepted messages that end `undelivered` (Twilio) or `bounce`
+    /// (SendGrid) instead of `delivered`.
+    pub undelivered_ratio: f64,
 }
 
 impl Default for Faults {
@@ -61,6 +78,8 @@ impl Default for Faults {
             throttle_rate: 0.0,
             hang_rate: 0.0,
             hang_ms: 120_000,
+            callback_delay_ms: 100,
+            undelivered_ratio: 0.0,
         }
     }
 }
@@ -71,6 +90,7 @@ impl Faults {
             ("fail_rate", self.fail_rate),
             ("throttle_rate", self.throttle_rate),
             ("hang_rate", self.hang_rate),
+            ("undelivered_ratio", self.undelivered_ratio),
         ];
         match rates.iter().find(|(_, r)| !(0.0..=1.0).contains(r)) {
             Some((name, rate)) => Err(format!("{name} must be within 0..=1, got {rate}")),
@@ -84,8 +104,13 @@ pub struct Config {
     pub addr: SocketAddr,
     pub faults: Faults,
     pub twilio_account_sid: String,
+    /// Also the key of the `X-Twilio-Signature` of status callbacks, as on Twilio.
     pub twilio_auth_token: String,
     pub sendgrid_api_key: String,
+    /// Where SendGrid events are posted; `None` sends none.
+    pub sendgrid_events_url: Option<String>,
+    /// Signs the SendGrid events; [`DEV_SENDGRID_SIGNING_KEY`] unless set.
+    pub sendgrid_signing_key: p256::ecdsa::SigningKey,
 }
 
 impl Default for Config {
@@ -96,12 +121,14 @@ impl Default for Config {
             twilio_account_sid: "ACtest".into(),
             twilio_auth_token: "test-token".into(),
             sendgrid_api_key: "SG.test-key".into(),
+            sendgrid_events_url: None,
+            sendgrid_signing_key: callbacks::dev_signing_key(),
         }
     }
 }
 
 /// (flag, env var) pairs understood by [`Config::parse`].
-const SETTINGS: [(&str, &str); 10] = [
+const SETTINGS: [(&str, &str); 14] = [
     ("addr", "SIM_ADDR"),
     ("latency-ms", "SIM_LATENCY_MS"),
     ("latency-jitter-ms", "SIM_LATENCY_JITTER_MS"),
@@ -112,6 +139,10 @@ const SETTINGS: [(&str, &str); 10] = [
     ("twilio-account-sid", "TWILIO_ACCOUNT_SID"),
     ("twilio-auth-token", "TWILIO_AUTH_TOKEN"),
     ("sendgrid-api-key", "SENDGRID_API_KEY"),
+    ("callback-delay-ms", "SIM_CALLBACK_DELAY_MS"),
+    ("undelivered-ratio", "SIM_UNDELIVERED_RATIO"),
+    ("sendgrid-events-url", "SIM_SENDGRID_EVENTS_URL"),
+    ("sendgrid-signing-key", "SIM_SENDGRID_SIGNING_KEY"),
 ];
 
 impl Config {
@@ -168,10 +199,24 @@ impl Config {
                 throttle_rate: get(v, "throttle-rate", d.faults.throttle_rate)?,
                 hang_rate: get(v, "hang-rate", d.faults.hang_rate)?,
                 hang_ms: get(v, "hang-ms", d.faults.hang_ms)?,
+                callback_delay_ms: get(v, "callback-delay-ms", d.faults.callback_delay_ms)?,
+                undelivered_ratio: get(v, "undelivered-ratio", d.faults.undelivered_ratio)?,
             },
             twilio_account_sid: get(v, "twilio-account-sid", d.twilio_account_sid)?,
             twilio_auth_token: get(v, "twilio-auth-token", d.twilio_auth_token)?,
             sendgrid_api_key: get(v, "sendgrid-api-key", d.sendgrid_api_key)?,
+            sendgrid_events_url: match v.remove("sendgrid-events-url") {
+                Some(url) if url.trim().is_empty() => None,
+                Some(url) => Some(
+                    callbacks::callback_url(url.trim())
+                        .with_context(|| format!("invalid --sendgrid-events-url {url:?}"))?,
+                ),
+                None => d.sendgrid_events_url,
+            },
+            sendgrid_signing_key: match v.remove("sendgrid-signing-key") {
+                Some(key) => parse_signing_key(&key).context("invalid --sendgrid-signing-key")?,
+                None => d.sendgrid_signing_key,
+            },
         };
         config.faults.validate().map_err(|e| anyhow!(e))?;
         Ok(config)
@@ -213,7 +258,14 @@ struct Inner {
     rules: Mutex<HashMap<String, VecDeque<Failure>>>,
     log: Mutex<Log>,
     in_flight: AtomicU64,
+    /// Callbacks made, for `GET /_sim/callbacks`.
+    callbacks: Mutex<callbacks::CallbackLog>,
+    /// One client for every callback.
+    http: reqwest::Client,
 }
+
+/// How long a callback receiver may take to answer.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared simulator state (cheap to clone).
 #[derive(Clone)]
@@ -241,11 +293,24 @@ impl AppState {
             rules: Mutex::default(),
             log: Mutex::default(),
             in_flight: AtomicU64::new(0),
+            callbacks: Mutex::default(),
+            http: reqwest::Client::builder()
+                .timeout(CALLBACK_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
         }))
     }
 
     fn config(&self) -> &Config {
         &self.0.config
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        &self.0.http
+    }
+
+    fn faults(&self) -> Faults {
+        *lock(&self.0.faults)
     }
 
     fn track(&self) -> InFlight {
@@ -314,6 +379,10 @@ pub fn router(state: AppState) -> Router {
         .route("/_sim/rules", post(add_rule).delete(clear_rules))
         .route("/_sim/requests", get(list_requests).delete(clear_requests))
         .route("/_sim/stats", get(stats))
+        .route(
+            "/_sim/callbacks",
+            get(list_callbacks).delete(clear_callbacks),
+        )
         .with_state(state)
 }
 
@@ -428,6 +497,15 @@ async fn clear_requests(State(state): State<AppState>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+async fn list_callbacks(State(state): State<AppState>) -> Json<Vec<CallbackRecord>> {
+    Json(lock(&state.0.callbacks).records.clone())
+}
+
+async fn clear_callbacks(State(state): State<AppState>) -> StatusCode {
+    lock(&state.0.callbacks).records.clear();
+    StatusCode::NO_CONTENT
+}
+
 async fn stats(State(state): State<AppState>) -> Json<Value> {
     let log = lock(&state.0.log);
     let mut by_status = BTreeMap::<String, u64>::new();
@@ -470,12 +548,53 @@ mod tests {
     }
 
     #[test]
+    fn callback_settings() -> anyhow::Result<()> {
+        let c = parse(&[], &[])?;
+        assert_eq!(
+            (c.faults.callback_delay_ms, c.faults.undelivered_ratio),
+            (100, 0.0)
+        );
+        assert_eq!(c.sendgrid_events_url, None);
+        let dev = parse_signing_key(DEV_SENDGRID_SIGNING_KEY)?;
+        assert_eq!(c.sendgrid_signing_key, dev);
+
+        let env = [
+            (
+                "SIM_SENDGRID_EVENTS_URL",
+                "http://127.0.0.1:9000/webhooks/sendgrid/events",
+            ),
+            ("SIM_UNDELIVERED_RATIO", "0.5"),
+        ];
+        let hex: String = dev.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let args = ["--callback-delay-ms=7", "--sendgrid-signing-key", &hex];
+        let c = parse(&args, &env)?;
+        assert_eq!(
+            c.sendgrid_events_url.as_deref(),
+            Some("http://127.0.0.1:9000/webhooks/sendgrid/events")
+        );
+        assert_eq!(
+            (c.faults.callback_delay_ms, c.faults.undelivered_ratio),
+            (7, 0.5)
+        );
+        assert_eq!(c.sendgrid_signing_key, dev);
+        assert_eq!(
+            parse(&["--sendgrid-events-url="], &env)?.sendgrid_events_url,
+            None
+        );
+        Ok(())
+    }
+
+    #[test]
     fn config_rejects_bad_input() {
         for args in [
             &["--fail-rate", "1.5"][..],
             &["--latency-ms", "soon"],
             &["--nope=1"],
             &["--addr"],
+            &["--undelivered-ratio", "-0.1"],
+            &["--sendgrid-events-url", "not a url"],
+            &["--sendgrid-events-url", "ftp://example.com/x"],
+            &["--sendgrid-signing-key", "nope"],
         ] {
             assert!(parse(args, &[]).is_err(), "{args:?}");
         }

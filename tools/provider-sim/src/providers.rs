@@ -12,10 +12,11 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::{Rfc2822, Rfc3339};
 
+use crate::callbacks::{Callbacks, callback_url};
 use crate::{AppState, Failure, InFlight};
 
 /// One provider request that passed authentication, as shown by `GET /_sim/requests`.
@@ -100,14 +101,16 @@ fn credentials<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
     given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
-/// Waits out the delay, records the request (if any) and answers. Runs in its own task
-/// so a request whose client gave up (e.g. on a hang) is still recorded when "answered".
+/// Waits out the delay, records the request (if any) and answers, then starts the
+/// callbacks of an accepted send. Runs in its own task so a request whose client gave
+/// up (e.g. on a hang) is still recorded, and followed up, when "answered".
 async fn answer(
     state: &AppState,
     in_flight: InFlight,
     delay: Duration,
     record: Option<Record>,
     response: Response,
+    callbacks: Option<Callbacks>,
 ) -> Response {
     let state = state.clone();
     let task = tokio::spawn(async move {
@@ -116,6 +119,9 @@ async fn answer(
             state.record(record, response.status());
         }
         drop(in_flight);
+        if let Some(callbacks) = callbacks.filter(|_| response.status().is_success()) {
+            callbacks.spawn(state);
+        }
         response
     });
     task.await.unwrap_or_else(|err| {
@@ -146,7 +152,7 @@ pub(crate) async fn twilio_send(
     if account_sid != config.twilio_account_sid || credentials(&headers, "Basic") != Some(&expected)
     {
         let response = twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
-        return answer(&state, in_flight, delay, None, response).await;
+        return answer(&state, in_flight, delay, None, response, None).await;
     }
 
     let pairs = form.map(|Form(pairs)| pairs).unwrap_or_default();
@@ -162,14 +168,13 @@ pub(crate) async fn twilio_send(
         values("Body").next(),
     );
     let media_urls: Vec<String> = values("MediaUrl").collect();
+    let status_callback = values("StatusCallback").next();
     let mut record = Record {
         to: to.clone(),
         from: from.clone(),
         body: body.clone(),
         media_urls: media_urls.clone(),
-        message_id: values("StatusCallback")
-            .next()
-            .and_then(|cb| callback_message_id(&cb)),
+        message_id: status_callback.as_deref().and_then(callback_message_id),
         form: Some(pairs.clone()),
         ..Record::new("twilio", &headers, received)
     };
@@ -178,6 +183,7 @@ pub(crate) async fn twilio_send(
         let response = twilio_error(StatusCode::BAD_REQUEST, code, message);
         (response, Duration::ZERO)
     };
+    let mut callbacks = None;
     let (response, hang) = match (to, from) {
         (None, _) => invalid(21604, "A 'To' phone number is required."),
         (_, None) => invalid(21603, "A 'From' phone number is required."),
@@ -208,6 +214,18 @@ pub(crate) async fn twilio_send(
                     "error_code": null,
                     "error_message": null,
                 });
+                if let Some(url) = status_callback.as_deref().and_then(callback_url) {
+                    let faults = state.faults();
+                    callbacks = Some(Callbacks::Twilio {
+                        url,
+                        sid: sid.clone(),
+                        account_sid: account_sid.clone(),
+                        from,
+                        to,
+                        undelivered: rand::random::<f64>() < faults.undelivered_ratio,
+                        delay: Duration::from_millis(faults.callback_delay_ms),
+                    });
+                }
                 record.provider_message_id = Some(sid);
                 (
                     (StatusCode::CREATED, Json(message)).into_response(),
@@ -216,7 +234,15 @@ pub(crate) async fn twilio_send(
             }
         },
     };
-    answer(&state, in_flight, delay + hang, Some(record), response).await
+    answer(
+        &state,
+        in_flight,
+        delay + hang,
+        Some(record),
+        response,
+        callbacks,
+    )
+    .await
 }
 
 /// Non-empty text (or any non-null value) at a JSON pointer.
@@ -268,7 +294,7 @@ pub(crate) async fn sendgrid_send(
     if credentials(&headers, "Bearer") != Some(state.config().sendgrid_api_key.as_str()) {
         let message = "The provided authorization grant is invalid, expired, or revoked";
         let response = sendgrid_error(StatusCode::UNAUTHORIZED, message, None);
-        return answer(&state, in_flight, delay, None, response).await;
+        return answer(&state, in_flight, delay, None, response, None).await;
     }
 
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
@@ -298,6 +324,7 @@ pub(crate) async fn sendgrid_send(
         (None, _) => Some(("The request body must be valid JSON.", None)),
         (Some(_), missing) => missing.map(|(_, field, message)| (*message, Some(*field))),
     };
+    let mut callbacks = None;
     let (response, hang) = if let Some((message, field)) = invalid {
         (
             sendgrid_error(StatusCode::BAD_REQUEST, message, field),
@@ -312,8 +339,41 @@ pub(crate) async fn sendgrid_send(
         if let Ok(value) = HeaderValue::try_from(id.as_str()) {
             response.headers_mut().insert("x-message-id", value);
         }
+        let events_url = state.config().sendgrid_events_url.clone();
+        if let (Some(url), Some(email)) = (events_url, record.to.clone()) {
+            let faults = state.faults();
+            callbacks = Some(Callbacks::SendGrid {
+                url,
+                message_id: id.clone(),
+                email,
+                custom_args: custom_args(mail),
+                bounce: rand::random::<f64>() < faults.undelivered_ratio,
+                delay: Duration::from_millis(faults.callback_delay_ms),
+            });
+        }
         record.provider_message_id = Some(id);
         (response, Duration::ZERO)
     };
-    answer(&state, in_flight, delay + hang, Some(record), response).await
+    answer(
+        &state,
+        in_flight,
+        delay + hang,
+        Some(record),
+        response,
+        callbacks,
+    )
+    .await
+}
+
+/// The mail's `custom_args`, the first personalization's overriding the top level's.
+fn custom_args(mail: Option<&Value>) -> Map<String, Value> {
+    let object = |pointer: &str| {
+        mail.and_then(|m| m.pointer(pointer))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut args = object("/custom_args");
+    args.extend(object("/personalizations/0/custom_args"));
+    args
 }
