@@ -1,6 +1,7 @@
 //! The Python tools of the local stack (emulator, cargo-lambda, SAM CLI), pinned in
 //! xtask/requirements.txt and installed once into `.local/venv`; and LocalStack,
-//! pinned in xtask/requirements-localstack.txt, in `.local/localstack-venv`.
+//! pinned in xtask/requirements-localstack.txt, in `.local/localstack-venv`; and
+//! schemathesis (`cargo xtask openapi`), in `.local/schemathesis-venv`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,6 +46,18 @@ pub fn ensure_localstack(root: &Path) -> Result<PathBuf> {
         "LocalStack",
     )?;
     Ok(bin.join("python"))
+}
+
+/// schemathesis, pinned in xtask/requirements-schemathesis.txt and installed once
+/// into its own venv, `.local/schemathesis-venv` (its pins clash with SAM's).
+/// Returns the venv's `bin`.
+pub fn ensure_schemathesis(root: &Path) -> Result<PathBuf> {
+    ensure_venv(
+        root,
+        ".local/schemathesis-venv",
+        "xtask/requirements-schemathesis.txt",
+        "schemathesis",
+    )
 }
 
 /// Creates the venv `venv` (relative to `root`) and installs `requirements` into
