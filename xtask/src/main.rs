@@ -2,6 +2,7 @@
 //! runs every check and test against a fresh one.
 
 mod bench;
+mod openapi;
 mod policy;
 mod process;
 mod python;
@@ -33,11 +34,16 @@ commands:
             --sam: the API through sam local start-api on http://127.0.0.1:3000,
             the functions in containers as in sam-test (needs Docker)
   test      format check, SAM template lint, clippy, and every test against a
-            fresh local stack on free ports; then the fault-injection suite alone;
-            then the integration and end-to-end suites again with SQS on LocalStack
+            fresh local stack on free ports; then the fault-injection suite alone
+            and the OpenAPI check (as `openapi`) on that stack; then the integration
+            and end-to-end suites again with SQS on LocalStack
             --emulator localstack: only the first run, against LocalStack (as dev)
   faults    only the fault-injection suite, on a fresh stack
             (--messages N per phase, default 1000: the long mode)
+  openapi   hold the API to openapi.yaml, on a fresh stack: its examples valid,
+            every example request sent and the answer validated, then a bounded,
+            seeded schemathesis fuzz run (no 5xx, nothing undocumented); reports
+            in target/xtask/openapi/ (--url URL: on a running API instead)
   queue     queue operations, on the local stack or (--aws) on AWS:
               queue stats              queue depths and messages by status
               queue peek [--dlq]       what waits for delivery / what is dead
@@ -52,8 +58,9 @@ commands:
             local start-api, all against a fresh local stack (needs Docker)
   sam-image build the local invoke base image messaging-lambda-base:al2023-local
             (debootstrap; only where no registry is reachable; --force rebuilds)
-  setup     install the pinned Python tools into .local/venv and LocalStack
-            into .local/localstack-venv";
+  setup     install the pinned Python tools into .local/venv, LocalStack
+            into .local/localstack-venv and schemathesis into
+            .local/schemathesis-venv";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -69,6 +76,7 @@ async fn main() -> ExitCode {
         Some("dev") => dev(&args[1..]).await,
         Some("test") => test(&args[1..]).await,
         Some("faults") => faults(&args[1..]).await,
+        Some("openapi") => openapi::command(&args[1..]).await,
         Some("queue") => queue::run(&args[1..]).await,
         Some("bench") => bench::run(&args[1..]).await,
         Some("sam-image") => sam::image_command(&args[1..]),
@@ -76,6 +84,7 @@ async fn main() -> ExitCode {
         Some("inspect") => queue::inspect(&args[1..]).await,
         Some("setup") => python::ensure(&root())
             .and_then(|_| python::ensure_localstack(&root()))
+            .and_then(|_| python::ensure_schemathesis(&root()))
             .map(|_| ()),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -420,6 +429,7 @@ async fn test(args: &[String]) -> Result<()> {
     let commands = vec![
         (None, suites),
         (Some("fault-injection suite"), fault_suite(nextest)),
+        (Some("OpenAPI check (openapi.yaml)"), openapi::test_step()?),
     ];
     if let Err(e) = tests_on_stack(&root, &tools, &logs, emulator, commands).await {
         eprintln!(
