@@ -445,7 +445,7 @@ mod tests {
         assert_eq!(queue.enqueued.lock().unwrap().len(), 1);
         assert_eq!(
             *store.in_conversations.lock().unwrap(),
-            [message.id.clone()]
+            std::slice::from_ref(&message.id)
         );
         let docs = capture.documents();
         assert_eq!(docs.len(), 1, "{docs:?}");

@@ -153,25 +153,33 @@ where
         .unwrap_or_else(ApiError::into_response)
     }
 
-    /// The URL Twilio signed: `PUBLIC_BASE_URL` + path + query, else rebuilt
-    /// from the `Host` and `X-Forwarded-Proto` headers.
-    fn twilio_url(&self, request: &Request) -> String {
+    /// The URLs Twilio may have signed: `PUBLIC_BASE_URL` + path + query; else
+    /// the URL rebuilt from the request's `Host` and `X-Forwarded-Proto`, and the
+    /// same with the other of http/https (a local runtime such as `cargo lambda
+    /// watch` reports https for plain-http requests). Port spellings are tried by
+    /// [`twilio_webhook::verify_signature`].
+    fn twilio_urls(&self, request: &Request) -> Vec<String> {
         let uri = request.uri();
         let path_and_query = uri
             .path_and_query()
             .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        let mut urls = Vec::new();
         if let Some(base) = &self.public_base_url {
-            return format!("{base}{path_and_query}");
+            urls.push(format!("{base}{path_and_query}"));
+        } else {
+            let scheme = header_str(request, "x-forwarded-proto")
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .or(uri.scheme_str())
+                .unwrap_or("https");
+            let host = header_str(request, "host")
+                .or(uri.authority().map(|a| a.as_str()))
+                .unwrap_or_default();
+            let other = if scheme == "http" { "https" } else { "http" };
+            urls.push(format!("{scheme}://{host}{path_and_query}"));
+            urls.push(format!("{other}://{host}{path_and_query}"));
         }
-        let scheme = header_str(request, "x-forwarded-proto")
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-            .or(uri.scheme_str())
-            .unwrap_or("http");
-        let host = header_str(request, "host")
-            .or(uri.authority().map(|a| a.as_str()))
-            .unwrap_or_default();
-        format!("{scheme}://{host}{path_and_query}")
+        urls
     }
 
     /// Verifies `X-Twilio-Signature` and returns the form parameters.
@@ -179,18 +187,10 @@ where
         require_media_type(request, "application/x-www-form-urlencoded")?;
         let params = twilio_webhook::parse_form(body_bytes(request)?);
         let signature = header_str(request, twilio_webhook::SIGNATURE_HEADER);
-        let url = self.twilio_url(request);
-        // Twilio's own libraries accept the URL with and without the default port.
-        let verified = std::iter::once(url.clone())
-            .chain(toggle_default_port(&url))
-            .any(|candidate| {
-                twilio_webhook::verify_signature(
-                    &self.twilio_auth_token,
-                    &candidate,
-                    &params,
-                    signature,
-                )
-            });
+        let urls = self.twilio_urls(request);
+        let verified = urls.iter().any(|url| {
+            twilio_webhook::verify_signature(&self.twilio_auth_token, url, &params, signature)
+        });
         if verified {
             Ok(params)
         } else {
@@ -199,7 +199,7 @@ where
                 ApiError::Forbidden {
                     field: "X-Twilio-Signature",
                     message: if signature.is_some() {
-                        format!("the request signature does not match {url}")
+                        format!("the request signature does not match {}", urls[0])
                     } else {
                         "the request is not signed".to_owned()
                     },
@@ -383,46 +383,5 @@ where
             }
             ReportApplied::NotFound => false,
         })
-    }
-}
-
-/// The same URL with its scheme's default port made explicit, or removed; none
-/// for another port.
-fn toggle_default_port(url: &str) -> Option<String> {
-    let parsed = url::Url::parse(url).ok()?;
-    let default = match parsed.scheme() {
-        "https" => 443,
-        "http" => 80,
-        _ => return None,
-    };
-    let host = format!("://{}", parsed.host_str()?);
-    let with_port = format!("{host}:{default}");
-    if url.contains(&format!("{with_port}/")) || url.ends_with(&with_port) {
-        Some(url.replacen(&with_port, &host, 1))
-    } else if parsed.port().is_none() {
-        Some(url.replacen(&host, &with_port, 1))
-    } else {
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_ports_are_toggled() {
-        assert_eq!(
-            toggle_default_port("https://api.example.com/webhooks/twilio/status?x=1").as_deref(),
-            Some("https://api.example.com:443/webhooks/twilio/status?x=1")
-        );
-        assert_eq!(
-            toggle_default_port("https://api.example.com:443/webhooks/twilio/status").as_deref(),
-            Some("https://api.example.com/webhooks/twilio/status")
-        );
-        assert_eq!(
-            toggle_default_port("http://127.0.0.1:9000/webhooks/twilio/status"),
-            None
-        );
     }
 }

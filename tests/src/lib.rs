@@ -9,9 +9,12 @@ use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::providers::Providers;
 use shared::adapters::secrets::{ProviderCredentials, load_provider_credentials};
 use shared::adapters::sqs::SqsQueue;
+use shared::adapters::{sendgrid_webhook, twilio_webhook};
 use shared::config::Config;
 use shared::delivery::Deliverer;
+use shared::domain::{Channel, Direction, Message, NewMessage};
 use shared::startup::Startup;
+use time::OffsetDateTime;
 
 /// A variable `cargo xtask test` sets; these suites need the local stack.
 pub fn env(name: &str) -> String {
@@ -125,6 +128,74 @@ pub struct Answer {
     pub json: Value,
 }
 
+/// An answer whose body is not (necessarily) JSON, e.g. TwiML.
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl RawAnswer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|_| panic!("answered {} with non-JSON: {}", self.status, self.text))
+    }
+}
+
+/// The Twilio auth token the stack's webhooks check signatures with (the one
+/// the functions load from the provider secret).
+pub async fn twilio_auth_token() -> String {
+    provider_credentials().await.twilio_auth_token
+}
+
+/// A message stored as the delivery function leaves it once the provider
+/// accepted it under `provider_message_id`: `sent`, with the provider's id
+/// indexed for status callbacks. Written through the store itself, so that no
+/// simulator callback races the test's own.
+pub async fn sent_message(
+    channel: Channel,
+    from: &str,
+    to: &str,
+    provider_message_id: &str,
+) -> Message {
+    use shared::ports::{Claim, Completion, Lease, MessageStore};
+    let store = store().await;
+    let now = OffsetDateTime::now_utc();
+    let message = Message::accept(
+        NewMessage {
+            channel,
+            from: from.to_owned(),
+            to: to.to_owned(),
+            body: "sent by the test".to_owned(),
+            attachments: None,
+            timestamp: None,
+            messaging_provider_id: None,
+        },
+        Direction::Outbound,
+        now,
+    );
+    store.insert_outbound(&message, None).await.expect("insert");
+    let lease = Lease {
+        id: uuid::Uuid::new_v4().to_string(),
+        expires_at: now + time::Duration::minutes(1),
+    };
+    let Claim::Claimed(_) = store.claim(&message.id, &lease, now).await.expect("claim") else {
+        panic!("could not claim {}", message.id);
+    };
+    store
+        .complete(
+            &message.id,
+            &lease.id,
+            &Completion::Sent {
+                provider_message_id: Some(provider_message_id.to_owned()),
+            },
+            now,
+        )
+        .await
+        .expect("complete");
+    message
+}
+
 impl Api {
     pub fn new() -> Self {
         Self {
@@ -148,6 +219,65 @@ impl Api {
                 .post(format!("{}/messages/outbound", self.base))
                 .header("Idempotency-Key", key)
                 .json(body),
+        )
+        .await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub async fn send_raw(&self, request: reqwest::RequestBuilder) -> RawAnswer {
+        let response = request.send().await.expect("API request");
+        RawAnswer {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            text: response.text().await.expect("API body"),
+        }
+    }
+
+    /// Posts a Twilio webhook form to `path`, signed with `token` (unsigned with
+    /// `None`) for the URL it is posted to, as Twilio signs it.
+    pub async fn post_twilio(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+        token: Option<&str>,
+    ) -> RawAnswer {
+        let url = self.url(path);
+        let owned: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut request = self.http.post(&url).form(&owned);
+        if let Some(token) = token {
+            request = request.header(
+                twilio_webhook::SIGNATURE_HEADER,
+                twilio_webhook::signature(token, &url, &owned),
+            );
+        }
+        self.send_raw(request).await
+    }
+
+    /// Posts SendGrid Event Webhook events signed with the development key the
+    /// stack's simulator signs with, as of `timestamp` (unix seconds).
+    pub async fn post_sendgrid_events(&self, events: &Value, timestamp: i64) -> RawAnswer {
+        let body = serde_json::to_vec(events).expect("events JSON");
+        let key = provider_sim::parse_signing_key(provider_sim::DEV_SENDGRID_SIGNING_KEY)
+            .expect("development key");
+        let timestamp = timestamp.to_string();
+        let signature = provider_sim::sign_sendgrid_events(&key, &timestamp, &body);
+        self.send_raw(
+            self.http
+                .post(self.url("/webhooks/sendgrid/events"))
+                .header("content-type", "application/json")
+                .header(sendgrid_webhook::SIGNATURE_HEADER, signature)
+                .header(sendgrid_webhook::TIMESTAMP_HEADER, timestamp)
+                .body(body),
         )
         .await
     }

@@ -102,7 +102,7 @@ async fn settle(
         for id in pending {
             let m = api.get(&format!("/messages/{id}")).await.json;
             match m["status"].as_str() {
-                Some("sent" | "failed") => {
+                Some("sent" | "delivered" | "failed") => {
                     statuses.insert(id.clone(), m);
                 }
                 _ => still.push(id),
@@ -139,7 +139,7 @@ async fn settle(
         figures.attempts += s.0;
         figures.retries += s.0.saturating_sub(1);
         match m["status"].as_str() {
-            Some("sent") => {
+            Some("sent" | "delivered") => {
                 figures.sent += 1;
                 assert!(
                     s.1 >= 1,

@@ -38,6 +38,8 @@ commands:
             and the OpenAPI check (as `openapi`) on that stack; then the integration
             and end-to-end suites again with SQS on LocalStack
             --emulator localstack: only the first run, against LocalStack (as dev)
+  e2e       only the integration and end-to-end suites on a fresh stack; further
+            arguments go to cargo nextest (e.g. `cargo xtask e2e --test webhooks`)
   faults    only the fault-injection suite, on a fresh stack
             (--messages N per phase, default 1000: the long mode)
   openapi   hold the API to openapi.yaml, on a fresh stack: its examples valid,
@@ -76,6 +78,7 @@ async fn main() -> ExitCode {
         Some("dev") => dev(&args[1..]).await,
         Some("test") => test(&args[1..]).await,
         Some("faults") => faults(&args[1..]).await,
+        Some("e2e") => e2e(&args[1..]).await,
         Some("openapi") => openapi::command(&args[1..]).await,
         Some("queue") => queue::run(&args[1..]).await,
         Some("bench") => bench::run(&args[1..]).await,
@@ -206,6 +209,32 @@ async fn faults(args: &[String]) -> Result<()> {
             .envs(stack.env.iter().map(|(k, v)| (k, v))),
     );
     stack.stop().await;
+    result
+}
+
+/// `cargo xtask e2e [nextest arguments]`: the integration and end-to-end suites
+/// (or the tests the arguments select) against a fresh test stack, without the
+/// other checks: the quick loop while working on one suite.
+async fn e2e(args: &[String]) -> Result<()> {
+    let root = root();
+    let tools = python::ensure(&root)?;
+    python::run(&mut cargo(&["build", "--workspace", "--all-targets"]))?;
+    let logs = root.join("target/xtask/logs");
+    let stack = start_test_stack(&root, &tools, &logs).await?;
+    let mut suites = if has_nextest() {
+        cargo(&["nextest", "run", "-p", "e2e-tests", "--no-fail-fast"])
+    } else {
+        cargo(&["test", "-p", "e2e-tests", "--no-fail-fast"])
+    };
+    let result = python::run(
+        suites
+            .args(args)
+            .envs(stack.env.iter().map(|(k, v)| (k, v))),
+    );
+    stack.stop().await;
+    if result.is_err() {
+        eprintln!("xtask: service logs are in {}", logs.display());
+    }
     result
 }
 

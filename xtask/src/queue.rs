@@ -73,7 +73,14 @@ where:
 const LOCAL_ENDPOINT: &str = "http://127.0.0.1:4566";
 const DEFAULT_PEEK: usize = 20;
 /// Statuses in lifecycle order (see shared/src/domain/status.rs).
-const STATUSES: [&str; 5] = ["queued", "sending", "sent", "failed", "received"];
+const STATUSES: [&str; 6] = [
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "failed",
+    "received",
+];
 /// The order `show` lists a message's attributes in; any others follow by name.
 const FIELDS: [&str; 15] = [
     "id",
@@ -766,6 +773,10 @@ fn interpret(item: &Item, now: i64) -> String {
         },
         Some("sent") => format!(
             "sent, provider id {} (after {attempts} attempt(s))",
+            text(item, "provider_message_id").unwrap_or("unknown")
+        ),
+        Some("delivered") => format!(
+            "delivered, as the provider reports; provider id {} (after {attempts} attempt(s))",
             text(item, "provider_message_id").unwrap_or("unknown")
         ),
         Some("failed") => format!(

@@ -35,6 +35,10 @@ const MINISTACK_SERVICES: &str = "sqs,dynamodb,secretsmanager,ssm";
 const TWILIO_SID: &str = "ACtest";
 const TWILIO_TOKEN: &str = "test-token";
 const SENDGRID_KEY: &str = "SG.test-key";
+/// What the local stack's SendGrid Inbound Parse webhook requires (HTTP Basic).
+pub const SENDGRID_INBOUND_BASIC_AUTH: &str = "sendgrid:inbound-test-password";
+/// The local stack's pagination cursor key.
+const CURSOR_SECRET: &str = "local-cursor-secret";
 /// The Secrets Manager secret holding the provider credentials (the template's
 /// `ProviderSecretName` default).
 pub const PROVIDER_SECRET: &str = "messaging/providers";
@@ -577,7 +581,14 @@ impl Stack {
             None
         } else {
             let mut sim = Command::new(bin_dir.join("provider-sim"));
+            // The simulator reports delivery like the real providers: Twilio
+            // status callbacks to the StatusCallback URL each message names, and
+            // signed SendGrid events to the events webhook.
             sim.args(["--addr", &format!("127.0.0.1:{}", ports.simulator)])
+                .args([
+                    "--sendgrid-events-url",
+                    &format!("http://127.0.0.1:{}/webhooks/sendgrid/events", ports.api),
+                ])
                 .args([
                     "--twilio-account-sid",
                     TWILIO_SID,
@@ -614,11 +625,30 @@ impl Stack {
                 ("TWILIO_API_URL", url.as_str()),
                 ("SENDGRID_API_URL", url.as_str()),
                 ("PROVIDER_SECRET_ID", PROVIDER_SECRET),
+                (
+                    "SENDGRID_WEBHOOK_PUBLIC_KEY",
+                    provider_sim::DEV_SENDGRID_PUBLIC_KEY,
+                ),
             ] {
                 env.push((name.into(), value.into()));
             }
             Some(url)
         };
+        // The webhooks: the URL Twilio is asked to report to, the Inbound Parse
+        // credentials; and the cursor key.
+        for (name, value) in [
+            (
+                "TWILIO_STATUS_CALLBACK_URL",
+                format!("http://127.0.0.1:{}/webhooks/twilio/status", ports.api),
+            ),
+            (
+                "SENDGRID_INBOUND_BASIC_AUTH",
+                SENDGRID_INBOUND_BASIC_AUTH.to_owned(),
+            ),
+            ("CURSOR_SECRET", CURSOR_SECRET.to_owned()),
+        ] {
+            env.push((name.into(), value));
+        }
         env.extend(function_env);
 
         // The functions, behind the router in Cargo.toml.
@@ -702,7 +732,7 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Starts every HTTP function once (answers 404 or 422), so
+    /// Starts every HTTP function once (answers 404, 422 or 403), so
     /// start-up problems show here rather than in the first test.
     async fn warm_up(&mut self) -> Result<()> {
         let client = reqwest::Client::new();
@@ -725,6 +755,13 @@ impl Stack {
                     .post(format!("{api}/messages/inbound"))
                     .json(&serde_json::json!({})),
                 422,
+            ),
+            (
+                client
+                    .post(format!("{api}/webhooks/twilio/status"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body("MessageSid=SM0&MessageStatus=sent"),
+                403,
             ),
             (
                 client

@@ -243,7 +243,10 @@ fn sendgrid_event(
     event
 }
 
-/// Makes one callback request and records how it went.
+/// Makes one callback request and records how it went. Like SendGrid (which
+/// retries events for a day), a callback answered 404, 429 or 5xx, or not at
+/// all, is tried again a few times with a growing pause: a report that arrives
+/// before the sender has recorded the provider's id is then not lost.
 async fn send(
     state: &AppState,
     kind: &'static str,
@@ -252,22 +255,37 @@ async fn send(
     statuses: Vec<String>,
     request: reqwest::RequestBuilder,
 ) {
+    const ATTEMPTS: u32 = 6;
     let sent_at = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default();
-    let (status, error) = match request.send().await {
-        Ok(response) => {
-            let status = response.status();
-            if !status.is_success() {
-                tracing::warn!(kind, url, %status, "callback refused");
+    let (mut status, mut error) = (None, None);
+    for attempt in 1..=ATTEMPTS {
+        let Some(attempt_request) = request.try_clone() else {
+            break;
+        };
+        (status, error) = match attempt_request.send().await {
+            Ok(response) => {
+                let code = response.status();
+                if !code.is_success() {
+                    tracing::warn!(kind, url, %code, attempt, "callback refused");
+                }
+                (Some(code.as_u16()), None)
             }
-            (Some(status.as_u16()), None)
+            Err(err) => {
+                tracing::warn!(kind, url, %err, attempt, "callback failed");
+                (None, Some(err.to_string()))
+            }
+        };
+        let retryable = match status {
+            Some(code) => code == 404 || code == 429 || code >= 500,
+            None => true,
+        };
+        if !retryable || attempt == ATTEMPTS {
+            break;
         }
-        Err(err) => {
-            tracing::warn!(kind, url, %err, "callback failed");
-            (None, Some(err.to_string()))
-        }
-    };
+        tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+    }
     tracing::info!(kind, url, ?statuses, ?status, "callback sent");
     let mut log = lock(&state.0.callbacks);
     log.next_seq += 1;
