@@ -879,6 +879,26 @@ mod tests {
     /// (what is changed, the change, a fragment of the problem it must cause).
     const WIDENINGS: &[(&str, Edit, &str)] = &[
         (
+            "every index instead of the two the read paths use",
+            |d| {
+                *at(
+                    d,
+                    "Resources.ReadFunction.Properties.Policies.0.Statement.1.Resource",
+                ) = yaml("!Sub \"${MessagesTable.Arn}/index/*\"")
+            },
+            "wildcard resource",
+        ),
+        (
+            "a query on the table itself",
+            |d| {
+                *at(
+                    d,
+                    "Resources.ReadFunction.Properties.Policies.0.Statement.1.Resource",
+                ) = yaml("!GetAtt MessagesTable.Arn")
+            },
+            "ReadFunction allows more than expected: dynamodb:Query on MessagesTable",
+        ),
+        (
             "an extra action",
             |d| {
                 *at(
@@ -1240,8 +1260,12 @@ mod tests {
             ) = yaml("dynamodb:GetItem")
         }),
         ("a statement as a single mapping", |d| {
-            *at(d, "Resources.ReadFunction.Properties.Policies.0.Statement") = yaml(
-                "{Effect: Allow, Action: [dynamodb:GetItem], Resource: !GetAtt MessagesTable.Arn}",
+            *at(
+                d,
+                "Resources.InboundFunction.Properties.Policies.0.Statement",
+            ) = yaml(
+                "{Effect: Allow, Action: [dynamodb:PutItem, dynamodb:GetItem, dynamodb:UpdateItem], \
+                 Resource: !GetAtt MessagesTable.Arn}",
             )
         }),
         ("a resource as a list, in the long GetAtt form", |d| {
