@@ -340,6 +340,9 @@ pub async fn run(args: &[String]) -> Result<()> {
                 API_INSTANCES
             },
             release: true,
+            // Delivery figures measure delivery: no provider reports competing
+            // for the two cores.
+            provider_reports: false,
         },
     )
     .await?;

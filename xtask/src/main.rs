@@ -188,6 +188,7 @@ fn test_options(logs: &Path) -> Result<Options> {
         visibility_timeout: Some(20),
         concurrency: 4,
         release: false,
+        provider_reports: true,
     })
 }
 
@@ -271,6 +272,7 @@ async fn dev(args: &[String]) -> Result<()> {
             visibility_timeout: None,
             concurrency: 2,
             release: false,
+            provider_reports: true,
         },
         emulator,
     );

@@ -136,6 +136,9 @@ pub struct Options {
     /// Release builds of the functions, the bridge and the simulator (`cargo xtask
     /// bench`): `cargo lambda watch --release` and `target/release/...`.
     pub release: bool,
+    /// Whether the providers report back: Twilio status callbacks (delivery sends
+    /// a `StatusCallback`) and SendGrid events from the simulator to the webhooks.
+    pub provider_reports: bool,
 }
 
 pub struct Stack {
@@ -509,6 +512,7 @@ impl Stack {
             visibility_timeout,
             concurrency,
             release,
+            provider_reports,
         } = options;
         let bin_dir = root
             .join("target")
@@ -581,21 +585,23 @@ impl Stack {
             None
         } else {
             let mut sim = Command::new(bin_dir.join("provider-sim"));
+            sim.args(["--addr", &format!("127.0.0.1:{}", ports.simulator)]);
             // The simulator reports delivery like the real providers: Twilio
             // status callbacks to the StatusCallback URL each message names, and
             // signed SendGrid events to the events webhook.
-            sim.args(["--addr", &format!("127.0.0.1:{}", ports.simulator)])
-                .args([
+            if provider_reports {
+                sim.args([
                     "--sendgrid-events-url",
                     &format!("http://127.0.0.1:{}/webhooks/sendgrid/events", ports.api),
-                ])
-                .args([
-                    "--twilio-account-sid",
-                    TWILIO_SID,
-                    "--twilio-auth-token",
-                    TWILIO_TOKEN,
-                ])
-                .args(["--sendgrid-api-key", SENDGRID_KEY]);
+                ]);
+            }
+            sim.args([
+                "--twilio-account-sid",
+                TWILIO_SID,
+                "--twilio-auth-token",
+                TWILIO_TOKEN,
+            ])
+            .args(["--sendgrid-api-key", SENDGRID_KEY]);
             for name in CREDENTIAL_VARIABLES {
                 sim.env_remove(name);
             }
@@ -636,11 +642,13 @@ impl Stack {
         };
         // The webhooks: the URL Twilio is asked to report to, the Inbound Parse
         // credentials; and the cursor key.
-        for (name, value) in [
-            (
-                "TWILIO_STATUS_CALLBACK_URL",
+        if provider_reports {
+            env.push((
+                "TWILIO_STATUS_CALLBACK_URL".into(),
                 format!("http://127.0.0.1:{}/webhooks/twilio/status", ports.api),
-            ),
+            ));
+        }
+        for (name, value) in [
             (
                 "SENDGRID_INBOUND_BASIC_AUTH",
                 SENDGRID_INBOUND_BASIC_AUTH.to_owned(),
