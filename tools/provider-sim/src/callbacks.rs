@@ -245,8 +245,9 @@ fn sendgrid_event(
 
 /// Makes one callback request and records how it went. Like SendGrid (which
 /// retries events for a day), a callback answered 404, 429 or 5xx, or not at
-/// all, is tried again a few times with a growing pause: a report that arrives
-/// before the sender has recorded the provider's id is then not lost.
+/// all, is tried again (`callback_attempts` in all) with a growing pause: a
+/// report that arrives before the sender has recorded the provider's id is
+/// then not lost.
 async fn send(
     state: &AppState,
     kind: &'static str,
@@ -255,12 +256,12 @@ async fn send(
     statuses: Vec<String>,
     request: reqwest::RequestBuilder,
 ) {
-    const ATTEMPTS: u32 = 6;
+    let attempts = state.faults().callback_attempts.max(1);
     let sent_at = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default();
     let (mut status, mut error) = (None, None);
-    for attempt in 1..=ATTEMPTS {
+    for attempt in 1..=attempts {
         let Some(attempt_request) = request.try_clone() else {
             break;
         };
@@ -281,7 +282,7 @@ async fn send(
             Some(code) => code == 404 || code == 429 || code >= 500,
             None => true,
         };
-        if !retryable || attempt == ATTEMPTS {
+        if !retryable || attempt == attempts {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;

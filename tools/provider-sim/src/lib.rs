@@ -46,6 +46,7 @@ Flags (env var; default):
   --twilio-auth-token TOK   (TWILIO_AUTH_TOKEN; test-token)  also signs status callbacks
   --sendgrid-api-key KEY    (SENDGRID_API_KEY; SG.test-key)
   --callback-delay-ms N     (SIM_CALLBACK_DELAY_MS; 100)  before each status callback/event
+  --callback-attempts N     (SIM_CALLBACK_ATTEMPTS; 6)  tries per callback answered 404/429/5xx or not at all
   --undelivered-ratio F     (SIM_UNDELIVERED_RATIO; 0)    fraction ending undelivered/bounce
   --sendgrid-events-url URL (SIM_SENDGRID_EVENTS_URL; none: no SendGrid events)
   --sendgrid-signing-key K  (SIM_SENDGRID_SIGNING_KEY; the development key)
@@ -67,6 +68,10 @@ pub struct Faults {
     /// Fraction of accepted messages that end `undelivered` (Twilio) or `bounce`
     /// (SendGrid) instead of `delivered`.
     pub undelivered_ratio: f64,
+    /// Tries per callback: one answered 404, 429 or 5xx, or not at all, is sent
+    /// again (SendGrid retries events; here Twilio's callbacks too, so that one
+    /// overtaking the sender's own write of the message id is not lost).
+    pub callback_attempts: u32,
 }
 
 impl Default for Faults {
@@ -80,6 +85,7 @@ impl Default for Faults {
             hang_ms: 120_000,
             callback_delay_ms: 100,
             undelivered_ratio: 0.0,
+            callback_attempts: 6,
         }
     }
 }
@@ -128,7 +134,7 @@ impl Default for Config {
 }
 
 /// (flag, env var) pairs understood by [`Config::parse`].
-const SETTINGS: [(&str, &str); 14] = [
+const SETTINGS: [(&str, &str); 15] = [
     ("addr", "SIM_ADDR"),
     ("latency-ms", "SIM_LATENCY_MS"),
     ("latency-jitter-ms", "SIM_LATENCY_JITTER_MS"),
@@ -140,6 +146,7 @@ const SETTINGS: [(&str, &str); 14] = [
     ("twilio-auth-token", "TWILIO_AUTH_TOKEN"),
     ("sendgrid-api-key", "SENDGRID_API_KEY"),
     ("callback-delay-ms", "SIM_CALLBACK_DELAY_MS"),
+    ("callback-attempts", "SIM_CALLBACK_ATTEMPTS"),
     ("undelivered-ratio", "SIM_UNDELIVERED_RATIO"),
     ("sendgrid-events-url", "SIM_SENDGRID_EVENTS_URL"),
     ("sendgrid-signing-key", "SIM_SENDGRID_SIGNING_KEY"),
@@ -201,6 +208,7 @@ impl Config {
                 hang_ms: get(v, "hang-ms", d.faults.hang_ms)?,
                 callback_delay_ms: get(v, "callback-delay-ms", d.faults.callback_delay_ms)?,
                 undelivered_ratio: get(v, "undelivered-ratio", d.faults.undelivered_ratio)?,
+                callback_attempts: get(v, "callback-attempts", d.faults.callback_attempts)?,
             },
             twilio_account_sid: get(v, "twilio-account-sid", d.twilio_account_sid)?,
             twilio_auth_token: get(v, "twilio-auth-token", d.twilio_auth_token)?,

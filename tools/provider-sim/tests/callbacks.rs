@@ -109,6 +109,7 @@ fn config(events_url: Option<String>) -> Config {
     Config {
         faults: Faults {
             callback_delay_ms: 20,
+            callback_attempts: 1,
             ..Faults::default()
         },
         sendgrid_events_url: events_url,
@@ -399,4 +400,24 @@ async fn failed_callbacks_are_recorded_and_do_not_disturb_sends() {
         .await
         .expect("delete");
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn refused_callbacks_are_tried_again_up_to_the_configured_attempts() {
+    let (base, mut rx) = receiver().await;
+    let mut config = config(None);
+    config.faults.callback_attempts = 3;
+    let sim = start_sim(config).await;
+    let http = Client::new();
+
+    send_sms(&http, &sim, "+15550000005", &format!("{base}/fail")).await;
+
+    // `sent` and `delivered`, each answered 500 three times.
+    for _ in 0..6 {
+        assert!(next(&mut rx).await.path_and_query.starts_with("/fail"));
+    }
+    let log = callback_log(&http, &sim, 2).await;
+    assert!(log.iter().all(|r| r["status"] == 500), "{log:?}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(rx.try_recv().is_err(), "no fourth attempt");
 }
