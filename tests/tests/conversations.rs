@@ -165,6 +165,7 @@ async fn a_phone_thread_of_api_and_twilio_messages_reads_back_in_timestamp_order
     assert_eq!(c["participants"], json!(participants));
     assert_eq!(c["message_count"], 4);
     assert_eq!(c["last_message"]["preview"], "fourth");
+    assert_eq!(c["last_message_preview"], "fourth");
     assert_eq!(c["last_message"]["direction"], "inbound");
 }
 

@@ -137,6 +137,9 @@ pub struct Conversation {
     pub participants: Vec<String>,
     pub message_count: u64,
     pub last_message: LastMessage,
+    /// `last_message.preview`, also at the top level for list views.
+    #[serde(default)]
+    pub last_message_preview: String,
     #[serde(with = "time::serde::rfc3339")]
     pub last_message_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

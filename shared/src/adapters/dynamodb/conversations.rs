@@ -52,7 +52,12 @@ impl DynamoDbStore {
                 set.push("#participant = :participant");
             }
             if latest {
-                set.extend(["#last = :last", "#last_at = :last_at", "#sort = :sort"]);
+                set.extend([
+                    "#last = :last",
+                    "#preview = :preview",
+                    "#last_at = :last_at",
+                    "#sort = :sort",
+                ]);
             }
             let mut update = self
                 .client
@@ -78,6 +83,8 @@ impl DynamoDbStore {
             if latest {
                 update = update
                     .expression_attribute_names("#last", "last_message")
+                    .expression_attribute_names("#preview", "last_message_preview")
+                    .expression_attribute_values(":preview", s(&summary.preview))
                     .expression_attribute_names("#last_at", "last_message_at")
                     .expression_attribute_names("#sort", "last_sort")
                     .expression_attribute_values(":last", summary.last.clone())
@@ -142,6 +149,7 @@ struct SummaryValues {
     participants: AttributeValue,
     now: AttributeValue,
     last: AttributeValue,
+    preview: String,
     last_at: AttributeValue,
     sort: String,
 }
@@ -153,7 +161,9 @@ fn to_conversation(item: Item) -> Result<Conversation, StoreError> {
 impl ConversationStore for DynamoDbStore {
     async fn record_in_conversation(&self, message: &Message) -> Result<(), StoreError> {
         let key = ConversationKey::new(message.channel, &message.from, &message.to);
-        let last = serde_dynamo::to_attribute_value(LastMessage::of(message))
+        let last_message = LastMessage::of(message);
+        let preview = last_message.preview.clone();
+        let last = serde_dynamo::to_attribute_value(last_message)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let summary = SummaryValues {
             id: message.conversation_id.clone(),
@@ -161,6 +171,7 @@ impl ConversationStore for DynamoDbStore {
             participants: AttributeValue::L(key.participants().iter().map(s).collect()),
             now: rfc3339(message.created_at),
             last,
+            preview,
             last_at: rfc3339(message.timestamp),
             sort: sort_key(message.timestamp, &message.id),
         };
