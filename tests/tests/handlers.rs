@@ -8,9 +8,12 @@ use lambda_http::{Body, Response};
 use serde_json::Value;
 use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::{SqsQueue, batch_response, decode_body, delivery_records};
-use shared::api;
-use shared::domain::{Direction, Message, Status, validate_outbound};
-use shared::ports::MessageStore;
+use shared::adapters::twilio_webhook::{self, EMPTY_TWIML};
+use shared::domain::{Channel, ConversationKey, Direction, Message, Status, validate_outbound};
+use shared::ports::{Claim, Completion, ConversationStore, Lease, MessageStore};
+use shared::startup::Startup;
+use shared::webhooks::Webhooks;
+use shared::{api, conversations};
 
 fn fixture(name: &str) -> String {
     let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -207,4 +210,200 @@ async fn delivery_fixture_reports_exactly_the_bad_records() {
     let sim = e2e_tests::Simulator::new();
     assert_eq!(sim.requests_to(&sms_to).await.len(), 1);
     assert_eq!(sim.requests_to(&email_to).await.len(), 1);
+}
+
+/// The functions' start-up, from the stack's environment, as their mains do it.
+async fn startup() -> Startup {
+    Startup::load()
+        .await
+        .expect("configuration from the stack's environment")
+}
+
+/// The webhooks as the webhooks function builds them (Twilio auth token from the
+/// provider secret, SendGrid key and Inbound Parse credentials from the environment).
+async fn webhooks() -> Webhooks<DynamoDbStore> {
+    startup().await.webhooks().await.expect("webhooks set-up")
+}
+
+fn header<'a>(response: &'a Response<Body>, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .expect("a text header")
+}
+
+fn assert_twiml(name: &str, response: &Response<Body>) {
+    let text = std::str::from_utf8(response.body().as_ref()).expect("text body");
+    assert_eq!(response.status(), 200, "{name}: {text}");
+    assert_eq!(header(response, "content-type"), "text/xml", "{name}");
+    assert_eq!(text, EMPTY_TWIML, "{name}");
+}
+
+/// Every message of a conversation, all pages.
+async fn thread(store: &DynamoDbStore, conversation_id: &str) -> Vec<Message> {
+    let (mut messages, mut after) = (Vec::new(), None);
+    loop {
+        let page = store
+            .conversation_messages(conversation_id, conversations::MAX_LIMIT, after.as_ref())
+            .await
+            .expect("conversation messages");
+        messages.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return messages,
+        }
+    }
+}
+
+#[tokio::test]
+async fn twilio_inbound_fixture_is_stored_once_and_answered_with_twiml() {
+    const SID: &str = "SMa1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let event = http_event("twilio-inbound-sms.json");
+    // The fixture carries the signature Twilio sends for it with the stack's auth
+    // token, over the URL it was posted to.
+    let params = twilio_webhook::parse_form(event.body().as_ref());
+    let url = "https://abc123.execute-api.us-east-1.amazonaws.com/webhooks/twilio/messages";
+    assert_eq!(
+        event.headers()[twilio_webhook::SIGNATURE_HEADER],
+        twilio_webhook::signature(&e2e_tests::twilio_auth_token().await, url, &params).as_str()
+    );
+
+    let webhooks = webhooks().await;
+    let first = webhooks.handle(event).await;
+    assert_twiml("first post", &first);
+    // Twilio retries a webhook it got no answer to: the same MessageSid again.
+    let again = webhooks.handle(http_event("twilio-inbound-sms.json")).await;
+    assert_twiml("second post", &again);
+
+    let store = store().await;
+    let conversation = ConversationKey::new(Channel::Sms, "+12016661234", "+18045551234").id();
+    let stored: Vec<Message> = thread(&store, &conversation)
+        .await
+        .into_iter()
+        .filter(|m| m.messaging_provider_id.as_deref() == Some(SID))
+        .collect();
+    assert_eq!(stored.len(), 1, "one message per MessageSid: {stored:?}");
+    let message = &stored[0];
+    assert_eq!(message.direction, Direction::Inbound);
+    assert_eq!(message.status, Status::Received);
+    assert_eq!(message.channel, Channel::Sms);
+    assert_eq!(message.from, "+12016661234");
+    assert_eq!(message.to, "+18045551234");
+    assert_eq!(message.body, "Yes, Friday at 3pm works for me!");
+    assert_eq!(message.attachments, None);
+}
+
+/// Stores a `sent` message under a fixed id, with the provider's id indexed for
+/// reports, as the delivery function leaves it (overwriting an earlier run's).
+async fn seed_sent(id: &str, payload: Value, provider_message_id: &str) {
+    seed(id, payload).await;
+    let store = store().await;
+    let now = time::OffsetDateTime::now_utc();
+    let lease = Lease {
+        id: uuid::Uuid::new_v4().to_string(),
+        expires_at: now + time::Duration::minutes(1),
+    };
+    let Claim::Claimed(_) = store.claim(id, &lease, now).await.expect("claim") else {
+        panic!("could not claim {id}");
+    };
+    store
+        .complete(
+            id,
+            &lease.id,
+            &Completion::Sent {
+                provider_message_id: Some(provider_message_id.to_owned()),
+            },
+            now,
+        )
+        .await
+        .expect("complete");
+}
+
+#[tokio::test]
+async fn forged_and_unsigned_webhook_fixtures_are_refused_and_change_nothing() {
+    // The messages the refused reports are about, sent and waiting for them.
+    const TWILIO_MESSAGE: &str = "01932c07-a0c4-7b6e-8000-0000000000e2";
+    const SENDGRID_MESSAGE: &str = "01932c07-a0c4-7b6e-8000-0000000000e1";
+    seed_sent(
+        TWILIO_MESSAGE,
+        serde_json::json!({"from": "+18045551234", "to": "+12016661234", "type": "sms", "body": "fixture sms"}),
+        "SM0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    )
+    .await;
+    seed_sent(
+        SENDGRID_MESSAGE,
+        serde_json::json!({"from": "user@usehatchapp.com", "to": "contact@example.com", "type": "email", "body": "fixture email"}),
+        "Qz9mKtXnRjWb3c2dLp0aHg",
+    )
+    .await;
+    let webhooks = webhooks().await;
+
+    // A status callback signed with another token.
+    let response = webhooks
+        .handle(http_event("twilio-status-forged.json"))
+        .await;
+    assert_eq!(response.status(), 403, "{}", json(&response));
+    assert_eq!(error_fields(&json(&response)), vec!["X-Twilio-Signature"]);
+
+    // An Event Webhook post without its signature headers.
+    let response = webhooks
+        .handle(http_event("sendgrid-events-unsigned.json"))
+        .await;
+    assert_eq!(response.status(), 403, "{}", json(&response));
+    assert_eq!(
+        error_fields(&json(&response)),
+        vec!["x-twilio-email-event-webhook-signature"]
+    );
+
+    let store = store().await;
+    for id in [TWILIO_MESSAGE, SENDGRID_MESSAGE] {
+        let message = store.get(id).await.unwrap().expect("seeded");
+        assert_eq!(message.status, Status::Sent, "{id}: {message:?}");
+    }
+
+    // An Inbound Parse post without the Basic credentials: challenged, not stored.
+    let response = webhooks
+        .handle(http_event("sendgrid-inbound-unauthorized.json"))
+        .await;
+    assert_eq!(response.status(), 401, "{}", json(&response));
+    assert_eq!(error_fields(&json(&response)), vec!["authorization"]);
+    assert_eq!(
+        header(&response, "www-authenticate"),
+        r#"Basic realm="sendgrid-inbound-parse""#
+    );
+    let conversation =
+        ConversationKey::new(Channel::Email, "jane@example.com", "user@usehatchapp.com").id();
+    let stored = thread(&store, &conversation).await;
+    assert!(
+        stored
+            .iter()
+            .all(|m| !m.body.contains("Friday works for me.")),
+        "{stored:?}"
+    );
+}
+
+#[tokio::test]
+async fn conversation_fixtures_get_4xx() {
+    let startup = startup().await;
+    let (store, cursors) = (startup.message_store(), startup.cursor_codec());
+
+    let response = conversations::handle(
+        &store,
+        &cursors,
+        http_event("list-conversations-bad-limit.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 400, "{}", json(&response));
+    assert_eq!(error_fields(&json(&response)), vec!["limit"]);
+
+    let response = conversations::handle(
+        &store,
+        &cursors,
+        http_event("get-conversation-unknown.json"),
+    )
+    .await;
+    assert_eq!(response.status(), 404, "{}", json(&response));
+    assert_eq!(error_fields(&json(&response)), vec!["id"]);
 }
