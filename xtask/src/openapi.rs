@@ -6,15 +6,19 @@
 //!    parameters, headers, responses, schemas) valid against its schema, so that
 //!    none is silently skipped below and none documents a shape the schema denies;
 //!    every operation has an example request and every response an example;
-//! 2. the examples: schemathesis sends every example request to the stack and
-//!    validates each answer against the document (status documented, content type,
-//!    headers, body schema); every operation must have been tested;
+//! 2. the examples: schemathesis sends every example request to the stack as it
+//!    is (the webhooks' unsigned) and validates each answer against the document
+//!    (status documented, content type, headers, body schema); every operation
+//!    must have been tested;
 //! 3. fuzzing: schemathesis's coverage, fuzzing and stateful phases, bounded and
-//!    seeded: no 5xx, and no answer that strays from the document.
+//!    seeded: no 5xx, and no answer that strays from the document. With the
+//!    stack's webhook credentials, generated webhook requests are signed (see
+//!    [`HOOKS`]) and fuzzing must get past authentication on each webhook.
 //!
 //! schemathesis is pinned in xtask/requirements-schemathesis.txt and installed into
 //! `.local/schemathesis-venv`. Logs and reports go to target/xtask/openapi/.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -34,29 +38,72 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 /// Fixed, so that a run is reproducible: the same seed generates the same requests.
 const SEED: &str = "20241101";
 /// Test cases per operation and phase in the fuzz run (the coverage phase adds its
-/// own deterministic set). About two minutes for the whole check on 2 cores.
+/// own deterministic set). About a minute for the whole check on 2 cores.
 const MAX_EXAMPLES: &str = "100";
 /// Where reports and logs go, under the repository.
 const OUT_DIR: &str = "target/xtask/openapi";
 /// The variable through which `cargo xtask test` hands over its stack's API.
 const API_URL_VARIABLE: &str = "MESSAGING_API_URL";
 
+/// The local stack's SendGrid Event Webhook key pair: provider-sim's development
+/// key (`DEV_SENDGRID_SIGNING_KEY` and `DEV_SENDGRID_PUBLIC_KEY` in
+/// tools/provider-sim/src/callbacks.rs), public test data. Events are signed with
+/// it only when the stack verifies with its public half.
+const DEV_SENDGRID_SIGNING_KEY: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQga+aiUdkPqMlfhp5mAKVLFTT4PIw8I0N+xrHarqfZ84ehRANCAAT+lpjpofaSNzEUn2vHjYlBV1/Gqe4DkjgUUe882TIrp4H7wu8uvcpHOzKR7SDvkPZuCbryRrsbvmUV7BOoQ3Ho";
+const DEV_SENDGRID_PUBLIC_KEY: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE/paY6aH2kjcxFJ9rx42JQVdfxqnuA5I4FFHvPNkyK6eB+8LvLr3KRzsyke0g75D2bgm68ka7G75lFewTqENx6A==";
+
+/// What [`HOOKS`] signs webhook requests with (set for the fuzz run only).
+const CREDENTIAL_VARIABLES: [&str; 4] = [
+    "XTASK_OPENAPI_TWILIO_AUTH_TOKEN",
+    "XTASK_OPENAPI_SENDGRID_BASIC_AUTH",
+    "XTASK_OPENAPI_SENDGRID_SIGNING_KEY",
+    "XTASK_OPENAPI_SENDGRID_PUBLIC_KEY",
+];
+
+/// Each webhook, the credential that gets a request past its authentication, and
+/// the answers that a request stopped at or before authentication gets.
+const WEBHOOKS: [(&str, &str, &[u16]); 4] = [
+    (
+        "POST /webhooks/twilio/messages",
+        "XTASK_OPENAPI_TWILIO_AUTH_TOKEN",
+        &[403, 413, 415],
+    ),
+    (
+        "POST /webhooks/twilio/status",
+        "XTASK_OPENAPI_TWILIO_AUTH_TOKEN",
+        &[403, 413, 415],
+    ),
+    (
+        "POST /webhooks/sendgrid/inbound",
+        "XTASK_OPENAPI_SENDGRID_BASIC_AUTH",
+        &[401],
+    ),
+    (
+        "POST /webhooks/sendgrid/events",
+        "XTASK_OPENAPI_SENDGRID_SIGNING_KEY",
+        &[403, 413],
+    ),
+];
+
 const USAGE: &str = "usage: cargo xtask openapi [--url API_URL]\n  \
-    without --url: on a fresh local stack; with it: on a running API \
-    (e.g. `cargo xtask dev`'s http://127.0.0.1:9000)";
+    without --url: on a fresh local stack; with it: on a running API (e.g. `cargo \
+    xtask dev`'s http://127.0.0.1:9000), whose webhook credentials are read from \
+    this environment as the stack sets them (PROVIDER_SECRET_ID and AWS_ENDPOINT_URL \
+    or TWILIO_AUTH_TOKEN, SENDGRID_INBOUND_BASIC_AUTH, SENDGRID_WEBHOOK_PUBLIC_KEY)";
 
 /// `cargo xtask openapi [--url URL]`.
 pub async fn command(args: &[String]) -> Result<()> {
     let root = crate::root();
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     match args {
         [] => on_fresh_stack(&root).await,
-        [flag, url] if flag == "--url" => check(&root, url),
-        [url] if url.starts_with("--url=") => check(&root, &url["--url=".len()..]),
-        // `cargo xtask test`'s step: the stack's URL is in the environment.
+        [flag, url] if flag == "--url" => check(&root, url, &env).await,
+        [url] if url.starts_with("--url=") => check(&root, &url["--url=".len()..], &env).await,
+        // `cargo xtask test`'s step, with the test stack's environment.
         [flag] if flag == "--on-test-stack" => {
-            let url = std::env::var(API_URL_VARIABLE)
-                .with_context(|| format!("{API_URL_VARIABLE} is not set"))?;
-            check(&root, &url)
+            let url =
+                env(API_URL_VARIABLE).with_context(|| format!("{API_URL_VARIABLE} is not set"))?;
+            check(&root, &url, &env).await
         }
         [flag] if flag == "-h" || flag == "--help" => {
             println!("{USAGE}");
@@ -81,7 +128,15 @@ async fn on_fresh_stack(root: &Path) -> Result<()> {
     let logs = root.join("target/xtask/logs");
     let stack = crate::start_test_stack(root, &tools, &logs).await?;
     println!("xtask: stack ready at {}", stack.api_url);
-    let result = check(root, &stack.api_url);
+    let env = |name: &str| {
+        stack
+            .env
+            .iter()
+            .rev()
+            .find(|(key, value)| key == name && !value.is_empty())
+            .map(|(_, value)| value.clone())
+    };
+    let result = check(root, &stack.api_url, &env).await;
     stack.stop().await;
     if result.is_err() {
         eprintln!("xtask: service logs are in {}", logs.display());
@@ -89,8 +144,9 @@ async fn on_fresh_stack(root: &Path) -> Result<()> {
     result
 }
 
-/// The three checks against the API at `api_url`.
-pub fn check(root: &Path, api_url: &str) -> Result<()> {
+/// The three checks against the API at `api_url`; `env` is the stack's
+/// environment, where its webhook credentials are found.
+pub async fn check(root: &Path, api_url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
     let started = Instant::now();
     let bin = python::ensure_schemathesis(root)?;
     let spec = root.join(SPEC);
@@ -117,7 +173,7 @@ pub fn check(root: &Path, api_url: &str) -> Result<()> {
     // Both runs go ahead whatever the other found, so that one run shows it all.
     let mut failures = Vec::new();
     println!("xtask: openapi: every example request, sent to {api_url}");
-    // Every example, also after a failure of the same operation.
+    // Every example, also after a failure of the same operation; nothing signed.
     let examples = schemathesis(
         &bin,
         &spec,
@@ -126,6 +182,7 @@ pub fn check(root: &Path, api_url: &str) -> Result<()> {
         "examples",
         &["examples"],
         &["--continue-on-failure"],
+        &[],
     )?;
     let report = examples.report()?;
     if !examples.status.success() {
@@ -147,6 +204,7 @@ pub fn check(root: &Path, api_url: &str) -> Result<()> {
     }
     let example_cases = report["test_cases"]["generated"].clone();
 
+    let credentials = webhook_credentials(env).await;
     println!(
         "xtask: openapi: fuzzing {api_url} (seed {SEED}, {MAX_EXAMPLES} cases per operation and phase)"
     );
@@ -158,6 +216,7 @@ pub fn check(root: &Path, api_url: &str) -> Result<()> {
         "fuzz",
         &["coverage", "fuzzing", "stateful"],
         &["--max-examples", MAX_EXAMPLES, "--no-shrink"],
+        &credentials,
     )?;
     let report = fuzz.report()?;
     if !fuzz.status.success() {
@@ -167,6 +226,29 @@ pub fn check(root: &Path, api_url: &str) -> Result<()> {
         ));
     }
     let fuzz_cases = &report["test_cases"]["generated"];
+    let answers = fuzz.answers()?;
+    println!("xtask: openapi: what the fuzz run's requests were answered:");
+    for (operation, statuses) in &answers {
+        let counts: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}×{n}")).collect();
+        println!("  {operation:<40} {}", counts.join(" "));
+    }
+    // A webhook signed with the stack's credentials must have let some requests in.
+    for (operation, credential, refusals) in WEBHOOKS {
+        if !credentials.iter().any(|(name, _)| name == credential) {
+            println!(
+                "xtask: openapi: {operation}: no credentials for it in the environment, so fuzzing stops at its authentication"
+            );
+            continue;
+        }
+        let statuses = answers.get(operation);
+        let past = statuses.is_some_and(|s| s.keys().any(|status| !refusals.contains(status)));
+        if !past {
+            failures.push(format!(
+                "fuzzing never got past the authentication of {operation} (answers {statuses:?}): \
+                 are the credentials the requests were signed with the stack's?"
+            ));
+        }
+    }
 
     let elapsed = started.elapsed().as_secs();
     let took = format!("{}m{:02}s", elapsed / 60, elapsed % 60);
@@ -177,6 +259,60 @@ pub fn check(root: &Path, api_url: &str) -> Result<()> {
         "xtask: openapi: the API conforms to {SPEC}: {example_cases} example and {fuzz_cases} fuzz test cases passed in {took}"
     );
     Ok(())
+}
+
+/// The stack's webhook credentials, as the variables [`HOOKS`] reads: the Twilio
+/// auth token (`TWILIO_AUTH_TOKEN`, else the provider secret the stack seeded),
+/// the Inbound Parse credentials, and provider-sim's development key for the
+/// SendGrid events when the stack verifies with it. Only those found.
+async fn webhook_credentials(env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let twilio = match env("TWILIO_AUTH_TOKEN") {
+        Some(token) => Some(token),
+        None => twilio_token_from_secret(env).await,
+    };
+    if let Some(token) = twilio {
+        found.push(("XTASK_OPENAPI_TWILIO_AUTH_TOKEN".to_owned(), token));
+    }
+    if let Some(user_password) = env("SENDGRID_INBOUND_BASIC_AUTH") {
+        found.push((
+            "XTASK_OPENAPI_SENDGRID_BASIC_AUTH".to_owned(),
+            user_password,
+        ));
+    }
+    if env("SENDGRID_WEBHOOK_PUBLIC_KEY").is_some_and(|key| key.trim() == DEV_SENDGRID_PUBLIC_KEY) {
+        found.push((
+            "XTASK_OPENAPI_SENDGRID_SIGNING_KEY".to_owned(),
+            DEV_SENDGRID_SIGNING_KEY.to_owned(),
+        ));
+        found.push((
+            "XTASK_OPENAPI_SENDGRID_PUBLIC_KEY".to_owned(),
+            DEV_SENDGRID_PUBLIC_KEY.to_owned(),
+        ));
+    }
+    found
+}
+
+/// `twilio_auth_token` of the Secrets Manager secret `PROVIDER_SECRET_ID` on the
+/// stack's emulator.
+async fn twilio_token_from_secret(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let secret_id = env("PROVIDER_SECRET_ID")?;
+    let endpoint = env("AWS_ENDPOINT_URL_SECRETSMANAGER").or_else(|| env("AWS_ENDPOINT_URL"))?;
+    let config = crate::stack::aws_config(&endpoint).await;
+    let answer = aws_sdk_secretsmanager::Client::new(&config)
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .send()
+        .await;
+    let secret = match answer {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("xtask: openapi: could not read the secret {secret_id} at {endpoint}: {e}");
+            return None;
+        }
+    };
+    let value: Value = serde_json::from_str(secret.secret_string()?).ok()?;
+    value["twilio_auth_token"].as_str().map(str::to_owned)
 }
 
 /// One schemathesis run's outcome and where its reports are.
@@ -198,6 +334,28 @@ impl Run {
         })?;
         serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
     }
+
+    /// How often each operation was answered with each status (from [`HOOKS`]'s
+    /// `after_call`): `"POST /messages/outbound"` → status → count.
+    fn answers(&self) -> Result<BTreeMap<String, BTreeMap<u16, usize>>> {
+        let path = self.dir.join("answers.txt");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut answers: BTreeMap<String, BTreeMap<u16, usize>> = BTreeMap::new();
+        for line in text.lines() {
+            let Some((operation, status)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let status = status
+                .parse()
+                .with_context(|| format!("{}: {line:?}", path.display()))?;
+            *answers
+                .entry(operation.to_owned())
+                .or_default()
+                .entry(status)
+                .or_default() += 1;
+        }
+        Ok(answers)
+    }
 }
 
 /// "N of M test cases failed, ...; reports in DIR" from a run's JSON report.
@@ -215,7 +373,8 @@ fn summary(report: &Value, run: &Run) -> String {
 }
 
 /// `schemathesis run` of the given phases, with its reports in `out/<name>/` and
-/// its output on the console and in `out/<name>.log`.
+/// its output on the console and in `out/<name>.log`; `envs` reach [`HOOKS`].
+#[allow(clippy::too_many_arguments)]
 fn schemathesis(
     bin: &Path,
     spec: &Path,
@@ -224,6 +383,7 @@ fn schemathesis(
     name: &str,
     phases: &[&str],
     extra: &[&str],
+    envs: &[(String, String)],
 ) -> Result<Run> {
     let dir = out.join(name);
     std::fs::create_dir_all(&dir)?;
@@ -234,7 +394,6 @@ fn schemathesis(
         .args(["--url", api_url])
         .args(["--phases", &phases.join(",")])
         .args(["--checks", CHECKS])
-        .args(["--seed", SEED])
         .args(["--seed", SEED])
         // Nothing replayed from an earlier run: the seed alone decides the cases.
         .args(["--generation-database", "none"])
@@ -258,9 +417,16 @@ fn schemathesis(
         .env("PYTHONHASHSEED", "0")
         .env("SCHEMATHESIS_HOOKS", HOOKS_MODULE)
         .env("PYTHONPATH", out.join("hooks"))
+        .env("XTASK_OPENAPI_API_URL", api_url)
+        .env("XTASK_OPENAPI_ANSWERS", dir.join("answers.txt"))
         .env("COLUMNS", "120")
         // Hypothesis's working files land here, not in the repository.
         .current_dir(&dir);
+    // The hooks sign with what `envs` holds, and nothing of the caller's.
+    for name in CREDENTIAL_VARIABLES {
+        command.env_remove(name);
+    }
+    command.envs(envs.iter().map(|(k, v)| (k, v)));
     let status = run_logged(&mut command, &out.join(format!("{name}.log")))?;
     Ok(Run { status, dir })
 }
@@ -303,24 +469,175 @@ fn run_logged(command: &mut Command, log: &Path) -> Result<ExitStatus> {
 /// The module of [`HOOKS`], written to `target/xtask/openapi/hooks/`.
 const HOOKS_MODULE: &str = "xtask_openapi_hooks";
 
-/// schemathesis hooks: requests the local stack's emulator cannot carry, sent so
-/// that it can (see the docstring).
+/// schemathesis hooks (see the docstring): requests the local emulator cannot
+/// carry sent so that it can, webhook requests signed with the stack's
+/// credentials, and every answer's status recorded.
 const HOOKS: &str = r#""""schemathesis hooks of `cargo xtask openapi` (written by xtask/src/openapi.rs).
 
-The local stack's API emulator (`cargo lambda watch`) answers 500 itself, before any
-function runs, to a request with a body or a header value that is not UTF-8 (it
-cannot put such text into the Lambda event). That says nothing about the service,
-so such requests keep their shape but travel as UTF-8: a header value with
-non-ASCII characters is sent as their UTF-8 bytes (not Latin-1), and a body of
-random bytes (syntax fuzzing) has its invalid sequences replaced (U+FFFD).
+1. What the local emulator cannot carry. The local stack's API emulator (`cargo
+   lambda watch`) answers 500 itself, before any function runs, to a request with
+   a body or a header value that is not UTF-8 (it cannot put such text into the
+   Lambda event). That says nothing about the service, so such requests keep their
+   shape but travel as UTF-8: a header value with non-ASCII characters is sent as
+   its UTF-8 bytes (not Latin-1), and a body of random bytes (syntax fuzzing) has
+   its invalid sequences replaced (U+FFFD).
+
+2. Webhook credentials. Given the stack's webhook credentials (XTASK_OPENAPI_*
+   variables; the fuzz run only), a webhook request whose generated signature or
+   Authorization header is not empty gets valid ones, so that fuzzing reaches past
+   authentication; an empty or missing one is left as generated (the 401/403 path).
+
+3. The status of every answer to a documented operation is appended to
+   XTASK_OPENAPI_ANSWERS, for xtask's summary.
 """
 
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+import urllib.parse
+
 import schemathesis
+
+API_URL = os.environ.get("XTASK_OPENAPI_API_URL", "").rstrip("/")
+TWILIO_AUTH_TOKEN = os.environ.get("XTASK_OPENAPI_TWILIO_AUTH_TOKEN")
+SENDGRID_BASIC_AUTH = os.environ.get("XTASK_OPENAPI_SENDGRID_BASIC_AUTH")
+SENDGRID_SIGNING_KEY = os.environ.get("XTASK_OPENAPI_SENDGRID_SIGNING_KEY")
+SENDGRID_PUBLIC_KEY = os.environ.get("XTASK_OPENAPI_SENDGRID_PUBLIC_KEY")
+ANSWERS = os.environ.get("XTASK_OPENAPI_ANSWERS")
+
+# P-256 (secp256r1), for SendGrid's ECDSA-signed Event Webhook.
+P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+A = P - 3
+N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+G = (
+    0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296,
+    0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5,
+)
+
+
+def _add(p1, p2):
+    if p1 is None:
+        return p2
+    if p2 is None:
+        return p1
+    (x1, y1), (x2, y2) = p1, p2
+    if x1 == x2 and (y1 + y2) % P == 0:
+        return None
+    if p1 == p2:
+        slope = (3 * x1 * x1 + A) * pow(2 * y1, -1, P) % P
+    else:
+        slope = (y2 - y1) * pow(x2 - x1, -1, P) % P
+    x3 = (slope * slope - x1 - x2) % P
+    return x3, (slope * (x1 - x3) - y1) % P
+
+
+def _multiply(k, point):
+    result = None
+    while k:
+        if k & 1:
+            result = _add(result, point)
+        point = _add(point, point)
+        k >>= 1
+    return result
+
+
+def _der_integer(value):
+    raw = value.to_bytes(32, "big").lstrip(b"\0") or b"\0"
+    if raw[0] & 0x80:
+        raw = b"\0" + raw
+    return b"\x02" + bytes([len(raw)]) + raw
+
+
+def _sendgrid_private_key():
+    """The private scalar of a base64 PKCS#8 P-256 key, checked against the public key."""
+    der = base64.b64decode(SENDGRID_SIGNING_KEY)
+    marker = der.index(b"\x02\x01\x01\x04\x20") + 5
+    d = int.from_bytes(der[marker : marker + 32], "big")
+    x, y = _multiply(d, G)
+    public = base64.b64decode(SENDGRID_PUBLIC_KEY)
+    if public[-65:] != b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big"):
+        raise SystemExit("XTASK_OPENAPI_SENDGRID_SIGNING_KEY is not the key of XTASK_OPENAPI_SENDGRID_PUBLIC_KEY")
+    return d
+
+
+SENDGRID_D = _sendgrid_private_key() if SENDGRID_SIGNING_KEY and SENDGRID_PUBLIC_KEY else None
+
+
+def _ecdsa_sign(message):
+    z = int.from_bytes(hashlib.sha256(message).digest(), "big")
+    while True:
+        k = secrets.randbelow(N - 1) + 1
+        r = _multiply(k, G)[0] % N
+        s = pow(k, -1, N) * (z + r * SENDGRID_D) % N
+        if r and s:
+            s = min(s, N - s)
+            body = _der_integer(r) + _der_integer(s)
+            return base64.b64encode(b"\x30" + bytes([len(body)]) + body).decode()
+
+
+def _form_pairs(body):
+    pairs = []
+    for key, value in body.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bool):
+                item = "true" if item else "false"
+            pairs.append((str(key), "" if item is None else str(item)))
+    return pairs
+
+
+def _given(headers, name):
+    """Whether the generated request carries a non-empty `name` header."""
+    return any(k.lower() == name.lower() and str(v).strip() for k, v in headers.items())
+
+
+def _set(headers, name, value):
+    for key in [k for k in headers if k.lower() == name.lower()]:
+        del headers[key]
+    headers[name] = value
+
+
+def _sign(case, headers):
+    path = case.formatted_path
+    if TWILIO_AUTH_TOKEN and path.startswith("/webhooks/twilio/") and isinstance(case.body, dict):
+        if not _given(headers, "X-Twilio-Signature"):
+            return
+        encoded = urllib.parse.urlencode(_form_pairs(case.body)).encode()
+        # What the service reads back, sorted by name and value, repeats once.
+        pairs = sorted(set(urllib.parse.parse_qsl(encoded.decode(), keep_blank_values=True)))
+        mac = hmac.new(TWILIO_AUTH_TOKEN.encode(), (API_URL + path).encode(), hashlib.sha1)
+        for key, value in pairs:
+            mac.update(key.encode() + value.encode())
+        case.body = encoded
+        _set(headers, "X-Twilio-Signature", base64.b64encode(mac.digest()).decode())
+    elif SENDGRID_BASIC_AUTH and path == "/webhooks/sendgrid/inbound":
+        if _given(headers, "Authorization"):
+            credentials = base64.b64encode(SENDGRID_BASIC_AUTH.encode()).decode()
+            _set(headers, "Authorization", f"Basic {credentials}")
+    elif SENDGRID_D is not None and path == "/webhooks/sendgrid/events":
+        if not _given(headers, "X-Twilio-Email-Event-Webhook-Signature"):
+            return
+        if isinstance(case.body, (bytes, bytearray)):
+            body = bytes(case.body)
+        else:
+            try:
+                body = json.dumps(case.body).encode()
+            except (TypeError, ValueError):
+                return
+        timestamp = str(int(time.time()))
+        case.body = body
+        _set(headers, "X-Twilio-Email-Event-Webhook-Timestamp", timestamp)
+        _set(headers, "X-Twilio-Email-Event-Webhook-Signature", _ecdsa_sign(timestamp.encode() + body))
 
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
-    headers = case.headers or {}
+    if case.headers is None:
+        case.headers = {}
+    headers = case.headers
     for name, value in list(headers.items()):
         if isinstance(value, str) and not value.isascii():
             headers[name] = value.encode("utf-8", "surrogatepass").decode("latin-1")
@@ -329,6 +646,15 @@ def before_call(context, case, kwargs):
             bytes(case.body).decode("utf-8")
         except UnicodeDecodeError:
             case.body = bytes(case.body).decode("utf-8", "replace").encode("utf-8")
+    _sign(case, headers)
+
+
+@schemathesis.hook
+def after_call(context, case, response):
+    # The documented operations only, not schemathesis's probes with other methods.
+    if ANSWERS and case.method.upper() == case.operation.method.upper():
+        with open(ANSWERS, "a", encoding="utf-8") as answers:
+            answers.write(f"{case.method.upper()} {case.operation.path} {response.status_code}\n")
 "#;
 
 /// Check 1, in the schemathesis venv's Python (PyYAML, jsonschema-rs and
