@@ -262,14 +262,15 @@ pub async fn check(root: &Path, api_url: &str, env: &dyn Fn(&str) -> Option<Stri
 }
 
 /// The stack's webhook credentials, as the variables [`HOOKS`] reads: the Twilio
-/// auth token (`TWILIO_AUTH_TOKEN`, else the provider secret the stack seeded),
+/// auth token (of the provider secret the stack seeded, else `TWILIO_AUTH_TOKEN`),
 /// the Inbound Parse credentials, and provider-sim's development key for the
 /// SendGrid events when the stack verifies with it. Only those found.
 async fn webhook_credentials(env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
     let mut found = Vec::new();
-    let twilio = match env("TWILIO_AUTH_TOKEN") {
+    // The secret first, as the functions read it (it wins over the variable).
+    let twilio = match twilio_token_from_secret(env).await {
         Some(token) => Some(token),
-        None => twilio_token_from_secret(env).await,
+        None => env("TWILIO_AUTH_TOKEN"),
     };
     if let Some(token) = twilio {
         found.push(("XTASK_OPENAPI_TWILIO_AUTH_TOKEN".to_owned(), token));
