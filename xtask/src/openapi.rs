@@ -113,9 +113,16 @@ pub async fn command(args: &[String]) -> Result<()> {
     }
 }
 
-/// The command `cargo xtask test` runs with a test stack's environment.
+/// The command `cargo xtask test` runs with a test stack's environment: this
+/// binary, `openapi --on-test-stack`.
 pub fn test_step() -> Result<Command> {
     let exe = std::env::current_exe().context("locating the xtask binary")?;
+    // `cargo build --workspace` may relink xtask while it runs; on Linux this
+    // process's image then reads "<path> (deleted)", and the new one is at <path>.
+    let exe = exe
+        .to_str()
+        .and_then(|path| path.strip_suffix(" (deleted)"))
+        .map_or(exe.clone(), PathBuf::from);
     let mut command = Command::new(exe);
     command.args(["openapi", "--on-test-stack"]);
     Ok(command)
