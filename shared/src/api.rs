@@ -12,7 +12,7 @@ use crate::domain::idempotency::{self, IdempotencyKey, fingerprint};
 use crate::domain::{
     Direction, FieldError, Message, NewMessage, validate_inbound, validate_outbound,
 };
-use crate::http::{ApiError, json_object_body, json_response, raw_json_response};
+use crate::http::{ApiError, json_object_body, json_response, path_id, raw_json_response};
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
     ConversationStore, DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore,
@@ -242,24 +242,6 @@ fn set_location(response: &mut Response<Body>, message_id: &str) {
         }
         Err(e) => warn!(error = %e, "message id is not a valid header value"),
     }
-}
-
-/// The `{id}` path parameter, or the last path segment when the router passed none.
-fn path_id(request: &Request) -> String {
-    request
-        .path_parameters_ref()
-        .and_then(|params| params.first("id"))
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            request
-                .uri()
-                .path()
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned()
-        })
 }
 
 pub(crate) fn request_span(request: &Request) -> tracing::Span {

@@ -10,7 +10,7 @@ use crate::cursor::CursorCodec;
 use crate::domain::conversation::{is_conversation_id, is_sort_key, normalize_participant};
 use crate::domain::validation::{is_e164, is_email};
 use crate::domain::{Conversation, Message};
-use crate::http::{ApiError, json_response};
+use crate::http::{ApiError, json_response, path_id};
 use crate::ports::{ConversationStore, Page, Position};
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -175,24 +175,6 @@ fn query<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
         .and_then(|params| params.first(name))
 }
 
-/// The `{id}` path parameter, or the segment after `/conversations/`.
-fn conversation_path_id(request: &Request) -> String {
-    request
-        .path_parameters_ref()
-        .and_then(|params| params.first("id"))
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            request
-                .uri()
-                .path()
-                .trim_matches('/')
-                .split('/')
-                .nth(1)
-                .unwrap_or_default()
-                .to_owned()
-        })
-}
-
 /// Routes `GET /conversations`, `/conversations/{id}` and
 /// `/conversations/{id}/messages` (with or without a trailing slash).
 pub async fn handle(
@@ -236,12 +218,11 @@ pub async fn handle(
                 Ok(response)
             }
             ["conversations", _] => {
-                let conversation =
-                    find_conversation(store, &conversation_path_id(&request)).await?;
+                let conversation = find_conversation(store, &path_id(&request)).await?;
                 Ok(json_response(StatusCode::OK, &conversation))
             }
             ["conversations", _, "messages"] => {
-                let id = conversation_path_id(&request);
+                let id = path_id(&request);
                 let (limit, page) = list_messages(
                     store,
                     cursors,

@@ -146,6 +146,26 @@ impl From<QueueError> for ApiError {
     }
 }
 
+/// The `{id}` path parameter (`/messages/{id}`, `/conversations/{id}[/messages]`),
+/// or the second path segment when the router passed no parameters.
+pub fn path_id(request: &Request) -> String {
+    use lambda_http::RequestExt;
+    request
+        .path_parameters_ref()
+        .and_then(|params| params.first("id"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            request
+                .uri()
+                .path()
+                .trim_matches('/')
+                .split('/')
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned()
+        })
+}
+
 /// A JSON response with the given status.
 pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     // Serializing our own plain structs cannot fail; fall back to an empty object.
