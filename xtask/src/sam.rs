@@ -27,6 +27,9 @@
 //! emulator endpoints (`AWS_ENDPOINT_URL*`) and the test tuning are not declared.
 //! So the suite runs on `target/sam/template.local.yaml`, the built template with those
 //! names declared (empty) under `Globals`, and `env.json` gives their values.
+//! `env.json` also always sets `CURSOR_SECRET`: the template gives the read function
+//! a Secrets Manager dynamic reference (`{{resolve:secretsmanager:…}}`), which only
+//! CloudFormation resolves; `sam local` would hand the function that text as its key.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -66,15 +69,18 @@ const IMAGE_CHANGES: [&str; 2] = [
 
 /// The architecture local invokes use: this machine's (no emulation of the other).
 const ARCHITECTURE: &str = "x86_64";
-const FUNCTIONS: [&str; 4] = [
+const FUNCTIONS: [&str; 5] = [
     "OutboundFunction",
     "InboundFunction",
     "ReadFunction",
+    "WebhooksFunction",
     "DeliveryFunction",
 ];
 /// Messages the SQS fixture names (records 1 and 4), stored before it is invoked.
 const SEEDED_SMS: &str = "01932c07-a0c4-7b6e-8000-0000000000a1";
 const SEEDED_EMAIL: &str = "01932c07-a0c4-7b6e-8000-0000000000a2";
+/// Set for every function in env.json (see [`prepare_local`]).
+const CURSOR_SECRET: &str = "CURSOR_SECRET";
 /// Stack variables the functions do not get: the SDK's credentials and region come
 /// from SAM (its own environment), the rest are for the test suites.
 const NOT_FOR_FUNCTIONS: [&str; 10] = [
@@ -632,8 +638,8 @@ async fn invoke(
         .with_context(|| format!("the answer is not JSON: {last} (log: {})", log.display()))
 }
 
-/// (status, JSON body) of an API Gateway v2 answer.
-fn http_answer(answer: &Value) -> Result<(u64, Value)> {
+/// (status, text body) of an API Gateway v2 answer.
+fn text_answer(answer: &Value) -> Result<(u64, &str)> {
     let status = answer["statusCode"]
         .as_u64()
         .ok_or_else(|| anyhow!("no statusCode in {answer}"))?;
@@ -643,8 +649,24 @@ fn http_answer(answer: &Value) -> Result<(u64, Value)> {
     let body = answer["body"]
         .as_str()
         .ok_or_else(|| anyhow!("no body in {answer}"))?;
+    Ok((status, body))
+}
+
+/// (status, JSON body) of an API Gateway v2 answer; any other body is an error.
+fn http_answer(answer: &Value) -> Result<(u64, Value)> {
+    let (status, body) = text_answer(answer)?;
     let body = serde_json::from_str(body).with_context(|| format!("body is not JSON: {body}"))?;
     Ok((status, body))
+}
+
+/// A header of an API Gateway v2 answer (names are lower case in `headers`).
+fn answer_header<'a>(answer: &'a Value, name: &str) -> Option<&'a str> {
+    answer["headers"]
+        .as_object()?
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))?
+        .1
+        .as_str()
 }
 
 fn error_fields(body: &Value) -> Result<Vec<String>> {
@@ -666,9 +688,32 @@ enum Expect {
     SameAs(&'static str),
     /// 4xx with errors naming these fields.
     Errors(u64, &'static [&'static str]),
+    /// 200, `text/xml`, exactly the empty TwiML answer Twilio's webhooks get.
+    Twiml,
+    /// 401 with an error for `authorization` and `WWW-Authenticate: Basic` for
+    /// this realm.
+    Unauthorized(&'static str),
 }
 
 fn check_http(answer: &Value, expect: &Expect, ids: &BTreeMap<&str, String>) -> Result<String> {
+    // The one answer that is not JSON.
+    if let Expect::Twiml = expect {
+        let (status, body) = text_answer(answer)?;
+        if status != 200 {
+            bail!("status {status}, expected 200: {body}");
+        }
+        let content_type = answer_header(answer, "content-type");
+        if content_type != Some("text/xml") {
+            bail!("content-type {content_type:?}, expected text/xml");
+        }
+        if body != shared::adapters::twilio_webhook::EMPTY_TWIML {
+            bail!(
+                "body {body:?}, expected {:?}",
+                shared::adapters::twilio_webhook::EMPTY_TWIML
+            );
+        }
+        return Ok("200, text/xml, empty TwiML".into());
+    }
     let (status, body) = http_answer(answer)?;
     match expect {
         Expect::Message(statuses, message_status) => {
@@ -706,6 +751,22 @@ fn check_http(answer: &Value, expect: &Expect, ids: &BTreeMap<&str, String>) -> 
             }
             Ok(format!("{status}, errors for {}", got.join(", ")))
         }
+        Expect::Unauthorized(realm) => {
+            if status != 401 {
+                bail!("status {status}, expected 401: {body}");
+            }
+            let got = error_fields(&body)?;
+            if got != ["authorization"] {
+                bail!("errors for {got:?}, expected [\"authorization\"]");
+            }
+            let challenge = answer_header(answer, "www-authenticate");
+            let expected = format!("Basic realm=\"{realm}\"");
+            if challenge != Some(expected.as_str()) {
+                bail!("www-authenticate {challenge:?}, expected {expected:?}");
+            }
+            Ok(format!("401, errors for authorization, {expected}"))
+        }
+        Expect::Twiml => unreachable!("answered above"),
     }
 }
 
@@ -860,6 +921,11 @@ async fn prepare_local(
             crate::stack::PROVIDER_SECRET.into(),
         );
     }
+    // The template's CURSOR_SECRET is a dynamic reference to the generated secret,
+    // which sam local passes on unresolved (the text "{{resolve:…}}" would become
+    // the key). The stack's key instead, or empty, which means the development key,
+    // as the functions use it under `cargo lambda watch`.
+    variables.entry(CURSOR_SECRET.to_owned()).or_default();
     let gateway = bridge_gateway()?;
     reach_from_containers(&mut variables, gateway, forwarders).await?;
     let env_file = sam_dir(root).join("env.json");
@@ -890,7 +956,7 @@ async fn invoke_suite(
 ) -> Result<()> {
     const SQS_FIXTURE: &str = "sqs-delivery-batch.json";
     println!("\nxtask: ===== sam local invoke: every fixture in events/ =====");
-    let cases: [(&str, &str, Expect); 10] = [
+    let cases: [(&str, &str, Expect); 17] = [
         (
             "OutboundFunction",
             "outbound-sms.json",
@@ -940,6 +1006,35 @@ async fn invoke_suite(
             "ReadFunction",
             "get-message-unknown.json",
             Expect::Errors(404, &["id"]),
+        ),
+        (
+            "ReadFunction",
+            "list-conversations-bad-limit.json",
+            Expect::Errors(400, &["limit"]),
+        ),
+        (
+            "ReadFunction",
+            "get-conversation-unknown.json",
+            Expect::Errors(404, &["id"]),
+        ),
+        // Signed with the stack's Twilio auth token for the fixture's URL.
+        ("WebhooksFunction", "twilio-inbound-sms.json", Expect::Twiml),
+        // Twilio's retry: the same MessageSid, stored once, answered alike.
+        ("WebhooksFunction", "twilio-inbound-sms.json", Expect::Twiml),
+        (
+            "WebhooksFunction",
+            "twilio-status-forged.json",
+            Expect::Errors(403, &["X-Twilio-Signature"]),
+        ),
+        (
+            "WebhooksFunction",
+            "sendgrid-events-unsigned.json",
+            Expect::Errors(403, &["x-twilio-email-event-webhook-signature"]),
+        ),
+        (
+            "WebhooksFunction",
+            "sendgrid-inbound-unauthorized.json",
+            Expect::Unauthorized("sendgrid-inbound-parse"),
         ),
     ];
     // A fixture without a case here fails the suite rather than going untested.
@@ -1071,8 +1166,17 @@ async fn check_batch(
             .await
             .map_err(|e| anyhow!("{e}"))?
             .ok_or_else(|| anyhow!("{id} is gone"))?;
-        if message.status != shared::domain::Status::Sent {
-            bail!("{id} is {:?}, expected sent", message.status);
+        // The stack's simulator reports back like the providers (a Twilio status
+        // callback, SendGrid events), so a sent message may have moved on to
+        // `delivered` by now; either way it went through `sent`.
+        use shared::domain::Status;
+        let went_sent = message.history.iter().any(|h| h.status == Status::Sent);
+        if !matches!(message.status, Status::Sent | Status::Delivered) || !went_sent {
+            bail!(
+                "{id} is {:?} (history {:?}), expected sent (or delivered since)",
+                message.status,
+                message.history
+            );
         }
     }
     if let Some(simulator) = simulator {
