@@ -142,6 +142,32 @@ impl RawAnswer {
     }
 }
 
+/// Moves a `queued` message to `sent` as a delivery does (claim, then complete
+/// with the provider's id, which is indexed for status callbacks).
+pub async fn mark_sent(id: &str, provider_message_id: &str) {
+    use shared::ports::{Claim, Completion, Lease, MessageStore};
+    let store = store().await;
+    let now = OffsetDateTime::now_utc();
+    let lease = Lease {
+        id: uuid::Uuid::new_v4().to_string(),
+        expires_at: now + time::Duration::minutes(1),
+    };
+    let Claim::Claimed(_) = store.claim(id, &lease, now).await.expect("claim") else {
+        panic!("could not claim {id}");
+    };
+    store
+        .complete(
+            id,
+            &lease.id,
+            &Completion::Sent {
+                provider_message_id: Some(provider_message_id.to_owned()),
+            },
+            now,
+        )
+        .await
+        .expect("complete");
+}
+
 /// The Twilio auth token the stack's webhooks check signatures with (the one
 /// the functions load from the provider secret).
 pub async fn twilio_auth_token() -> String {
@@ -158,7 +184,7 @@ pub async fn sent_message(
     to: &str,
     provider_message_id: &str,
 ) -> Message {
-    use shared::ports::{Claim, Completion, Lease, MessageStore};
+    use shared::ports::MessageStore;
     let store = store().await;
     let now = OffsetDateTime::now_utc();
     let message = Message::accept(
@@ -175,24 +201,7 @@ pub async fn sent_message(
         now,
     );
     store.insert_outbound(&message, None).await.expect("insert");
-    let lease = Lease {
-        id: uuid::Uuid::new_v4().to_string(),
-        expires_at: now + time::Duration::minutes(1),
-    };
-    let Claim::Claimed(_) = store.claim(&message.id, &lease, now).await.expect("claim") else {
-        panic!("could not claim {}", message.id);
-    };
-    store
-        .complete(
-            &message.id,
-            &lease.id,
-            &Completion::Sent {
-                provider_message_id: Some(provider_message_id.to_owned()),
-            },
-            now,
-        )
-        .await
-        .expect("complete");
+    mark_sent(&message.id, provider_message_id).await;
     message
 }
 

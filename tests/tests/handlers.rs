@@ -10,7 +10,7 @@ use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::{SqsQueue, batch_response, decode_body, delivery_records};
 use shared::adapters::twilio_webhook::{self, EMPTY_TWIML};
 use shared::domain::{Channel, ConversationKey, Direction, Message, Status, validate_outbound};
-use shared::ports::{Claim, Completion, ConversationStore, Lease, MessageStore};
+use shared::ports::{ConversationStore, MessageStore};
 use shared::startup::Startup;
 use shared::webhooks::Webhooks;
 use shared::{api, conversations};
@@ -308,26 +308,7 @@ async fn twilio_inbound_fixture_is_stored_once_and_answered_with_twiml() {
 /// reports, as the delivery function leaves it (overwriting an earlier run's).
 async fn seed_sent(id: &str, payload: Value, provider_message_id: &str) {
     seed(id, payload).await;
-    let store = store().await;
-    let now = time::OffsetDateTime::now_utc();
-    let lease = Lease {
-        id: uuid::Uuid::new_v4().to_string(),
-        expires_at: now + time::Duration::minutes(1),
-    };
-    let Claim::Claimed(_) = store.claim(id, &lease, now).await.expect("claim") else {
-        panic!("could not claim {id}");
-    };
-    store
-        .complete(
-            id,
-            &lease.id,
-            &Completion::Sent {
-                provider_message_id: Some(provider_message_id.to_owned()),
-            },
-            now,
-        )
-        .await
-        .expect("complete");
+    e2e_tests::mark_sent(id, provider_message_id).await;
 }
 
 #[tokio::test]

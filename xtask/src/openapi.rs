@@ -45,12 +45,11 @@ const OUT_DIR: &str = "target/xtask/openapi";
 /// The variable through which `cargo xtask test` hands over its stack's API.
 const API_URL_VARIABLE: &str = "MESSAGING_API_URL";
 
-/// The local stack's SendGrid Event Webhook key pair: provider-sim's development
-/// key (`DEV_SENDGRID_SIGNING_KEY` and `DEV_SENDGRID_PUBLIC_KEY` in
-/// tools/provider-sim/src/callbacks.rs), public test data. Events are signed with
-/// it only when the stack verifies with its public half.
-const DEV_SENDGRID_SIGNING_KEY: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQga+aiUdkPqMlfhp5mAKVLFTT4PIw8I0N+xrHarqfZ84ehRANCAAT+lpjpofaSNzEUn2vHjYlBV1/Gqe4DkjgUUe882TIrp4H7wu8uvcpHOzKR7SDvkPZuCbryRrsbvmUV7BOoQ3Ho";
-const DEV_SENDGRID_PUBLIC_KEY: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE/paY6aH2kjcxFJ9rx42JQVdfxqnuA5I4FFHvPNkyK6eB+8LvLr3KRzsyke0g75D2bgm68ka7G75lFewTqENx6A==";
+/// The local stack's SendGrid Event Webhook key pair: the simulator's
+/// development key (public test data). Events are signed with it only when the
+/// stack verifies with its public half.
+const DEV_SENDGRID_SIGNING_KEY: &str = provider_sim::DEV_SENDGRID_SIGNING_KEY;
+const DEV_SENDGRID_PUBLIC_KEY: &str = provider_sim::DEV_SENDGRID_PUBLIC_KEY;
 
 /// What [`HOOKS`] signs webhook requests with (set for the fuzz run only).
 const CREDENTIAL_VARIABLES: [&str; 4] = [
