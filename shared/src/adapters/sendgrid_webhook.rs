@@ -470,6 +470,34 @@ mod tests {
         }
     }
 
+    /// SendGrid's signer does not normalize s: (r, s) and (r, n - s) must both verify.
+    #[test]
+    fn a_high_s_signature_verifies_like_its_low_s_twin() {
+        let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let public = EventWebhookKey(*key.verifying_key());
+        let (timestamp, body) = ("1700000000", b"[]".as_slice());
+        let signed = [timestamp.as_bytes(), body].concat();
+        let low: Signature = p256::ecdsa::signature::Signer::sign(&key, &signed);
+        let (r, s) = low.split_scalars();
+        let high = Signature::from_scalars(r, -*s).unwrap();
+        assert_ne!(high, low);
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        for signature in [low, high] {
+            let encoded = STANDARD.encode(signature.to_der().as_bytes());
+            assert_eq!(
+                verify_event_signature(
+                    &public,
+                    Some(&encoded),
+                    Some(timestamp),
+                    body,
+                    now,
+                    Duration::from_secs(300)
+                ),
+                Ok(())
+            );
+        }
+    }
+
     #[test]
     fn tampering_is_invalid() {
         let now = vector_time();
