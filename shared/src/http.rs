@@ -219,13 +219,18 @@ fn bad_body(message: impl Into<String>) -> ApiError {
     }
 }
 
-fn is_json_media_type(value: &str) -> bool {
-    let essence = value
+/// A `Content-Type` value without its parameters, lower-cased (`type/subtype`).
+pub fn media_type_essence(value: &str) -> String {
+    value
         .split(';')
         .next()
         .unwrap_or_default()
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+fn is_json_media_type(value: &str) -> bool {
+    let essence = media_type_essence(value);
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }

@@ -25,7 +25,7 @@ use crate::adapters::twilio_webhook;
 use crate::api::{message_response, request_span, store_inbound};
 use crate::config::WebhookConfig;
 use crate::domain::{FieldError, ProviderKind, ReportedOutcome, StatusReport};
-use crate::http::{ApiError, json_response};
+use crate::http::{ApiError, json_response, media_type_essence};
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{ConversationStore, InboundInsert, MessageStore, ReportApplied, ReportStore};
 
@@ -72,22 +72,9 @@ fn twiml() -> Response<Body> {
     response
 }
 
-/// The media type of a request, lower-cased, without parameters.
-fn media_type(request: &Request) -> String {
-    request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
-}
-
 fn require_media_type(request: &Request, expected: &'static str) -> Result<(), ApiError> {
-    let declared = media_type(request);
+    let declared =
+        media_type_essence(header_str(request, header::CONTENT_TYPE.as_str()).unwrap_or_default());
     if declared == expected {
         Ok(())
     } else {

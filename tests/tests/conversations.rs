@@ -73,17 +73,10 @@ async fn all_pages(
     }
 }
 
+/// `value` as it stands in a query string (form-urlencoded).
 fn url_encode(value: &str) -> String {
-    let pairs: Vec<(&str, &str)> = vec![("c", value)];
-    serde_urlencoded(&pairs)[2..].to_owned()
-}
-
-fn serde_urlencoded(pairs: &[(&str, &str)]) -> String {
-    reqwest::Url::parse_with_params("http://x/", pairs)
-        .unwrap()
-        .query()
-        .unwrap()
-        .to_owned()
+    let url = reqwest::Url::parse_with_params("http://x/", [("c", value)]).unwrap();
+    url.query().unwrap()["c=".len()..].to_owned()
 }
 
 #[tokio::test]

@@ -21,8 +21,29 @@ use crate::domain::conversation::{LastMessage, sort_key};
 use crate::domain::{Conversation, ConversationKey, Message};
 use crate::ports::{ConversationStore, Page, Position, StoreError};
 
-pub const MESSAGES_INDEX: &str = "conversation-messages";
-pub const PARTICIPANT_INDEX: &str = "participant-conversations";
+/// A GSI read path: its keys and its order.
+struct IndexQuery {
+    name: &'static str,
+    hash: &'static str,
+    sort: &'static str,
+    forward: bool,
+}
+
+/// A conversation's messages, oldest first.
+const MESSAGES: IndexQuery = IndexQuery {
+    name: "conversation-messages",
+    hash: "conversation_id",
+    sort: "conversation_sort",
+    forward: true,
+};
+
+/// A participant's conversations, latest activity first.
+const PARTICIPANT_CONVERSATIONS: IndexQuery = IndexQuery {
+    name: "participant-conversations",
+    hash: "participant",
+    sort: "last_sort",
+    forward: false,
+};
 
 impl DynamoDbStore {
     pub fn conversation_key(id: &str) -> AttributeValue {
@@ -102,24 +123,27 @@ impl DynamoDbStore {
         Ok(())
     }
 
-    async fn query_page(
+    /// One page of `index` under the hash key `hash`, `limit` items read with
+    /// `parse`; the next page starts after the last item's sort key and `id_of` it.
+    async fn query_page<T>(
         &self,
-        index: &str,
-        hash: (&str, &str),
-        forward: bool,
+        index: &IndexQuery,
+        hash: &str,
         limit: usize,
         start: Option<Item>,
-        sort_attribute: &str,
-    ) -> Result<(Vec<Item>, Option<String>), StoreError> {
+        parse: fn(Item) -> Result<T, StoreError>,
+        id_of: fn(&T) -> &str,
+    ) -> Result<Page<T>, StoreError> {
+        let sort_attribute = index.sort;
         let output = self
             .client
             .query()
             .table_name(&self.table)
-            .index_name(index)
+            .index_name(index.name)
             .key_condition_expression("#hash = :hash")
-            .expression_attribute_names("#hash", hash.0)
-            .expression_attribute_values(":hash", s(hash.1))
-            .scan_index_forward(forward)
+            .expression_attribute_names("#hash", index.hash)
+            .expression_attribute_values(":hash", s(hash))
+            .scan_index_forward(index.forward)
             // One more than asked: tells whether there is a next page.
             .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
             .set_exclusive_start_key(start)
@@ -127,18 +151,30 @@ impl DynamoDbStore {
             .await
             .map_err(unavailable)?;
         let mut items = output.items.unwrap_or_default();
-        if items.len() <= limit {
-            return Ok((items, None));
-        }
+        let more = items.len() > limit;
         items.truncate(limit);
-        let last_sort = items
-            .last()
-            .and_then(|item| match item.get(sort_attribute) {
+        let next_sort = match items.last() {
+            Some(last) if more => match last.get(sort_attribute) {
                 Some(AttributeValue::S(sort)) => Some(sort.clone()),
-                _ => None,
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "indexed item without {sort_attribute}"
+                    )));
+                }
+            },
+            _ => None,
+        };
+        let items = items
+            .into_iter()
+            .map(parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = next_sort.and_then(|sort| {
+            items.last().map(|item| Position {
+                sort,
+                id: id_of(item).to_owned(),
             })
-            .ok_or_else(|| StoreError::Corrupt(format!("indexed item without {sort_attribute}")))?;
-        Ok((items, Some(last_sort)))
+        });
+        Ok(Page { items, next })
     }
 }
 
@@ -219,27 +255,15 @@ impl ConversationStore for DynamoDbStore {
                 ),
             ])
         });
-        let (items, next_sort) = self
-            .query_page(
-                PARTICIPANT_INDEX,
-                ("participant", participant),
-                false,
-                limit,
-                start,
-                "last_sort",
-            )
-            .await?;
-        let items = items
-            .into_iter()
-            .map(to_conversation)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = next_sort.and_then(|sort| {
-            items.last().map(|c| Position {
-                sort,
-                id: c.id.clone(),
-            })
-        });
-        Ok(Page { items, next })
+        self.query_page(
+            &PARTICIPANT_CONVERSATIONS,
+            participant,
+            limit,
+            start,
+            to_conversation,
+            |c| &c.id,
+        )
+        .await
     }
 
     async fn conversation_messages(
@@ -255,26 +279,9 @@ impl ConversationStore for DynamoDbStore {
                 ("pk".to_owned(), Self::message_key(&position.id)),
             ])
         });
-        let (items, next_sort) = self
-            .query_page(
-                MESSAGES_INDEX,
-                ("conversation_id", conversation_id),
-                true,
-                limit,
-                start,
-                "conversation_sort",
-            )
-            .await?;
-        let items = items
-            .into_iter()
-            .map(to_message)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = next_sort.and_then(|sort| {
-            items.last().map(|m| Position {
-                sort,
-                id: m.id.clone(),
-            })
-        });
-        Ok(Page { items, next })
+        self.query_page(&MESSAGES, conversation_id, limit, start, to_message, |m| {
+            &m.id
+        })
+        .await
     }
 }
