@@ -60,9 +60,9 @@ commands:
             local start-api, all against a fresh local stack (needs Docker)
   sam-image build the local invoke base image messaging-lambda-base:al2023-local
             (debootstrap; only where no registry is reachable; --force rebuilds)
-  setup     install the pinned Python tools into .local/venv, LocalStack
-            into .local/localstack-venv and schemathesis into
-            .local/schemathesis-venv";
+  setup     install the pinned Python tools into .local/venv, SAM CLI into
+            .local/sam-venv, LocalStack into .local/localstack-venv and
+            schemathesis into .local/schemathesis-venv";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -85,7 +85,7 @@ async fn main() -> ExitCode {
         Some("sam-image") => sam::image_command(&args[1..]),
         Some("sam-test") => sam::test(&args[1..]).await,
         Some("inspect") => queue::inspect(&args[1..]).await,
-        Some("setup") => python::ensure(&root())
+        Some("setup") => python::ensure_sam(&root())
             .and_then(|_| python::ensure_localstack(&root()))
             .and_then(|_| python::ensure_schemathesis(&root()))
             .map(|_| ()),
@@ -418,7 +418,7 @@ async fn test(args: &[String]) -> Result<()> {
         "cargo fmt --check",
         &mut cargo(&["fmt", "--all", "--", "--check"]),
     );
-    let tools = python::ensure(&root)?;
+    let tools = python::ensure_sam(&root)?;
     step(
         "sam validate --lint",
         Command::new(tools.exe("sam"))

@@ -1,5 +1,7 @@
-//! The Python tools of the local stack (emulator, cargo-lambda, SAM CLI), pinned in
-//! xtask/requirements.txt and installed once into `.local/venv`; and LocalStack,
+//! The Python tools of the local stack (emulator, cargo-lambda), pinned in
+//! xtask/requirements.txt and installed once into `.local/venv`; AWS SAM CLI and
+//! cfn-lint, pinned in xtask/requirements-sam.txt, in `.local/sam-venv` (only the
+//! SAM steps need them: `cargo xtask dev` and `bench` start without); LocalStack,
 //! pinned in xtask/requirements-localstack.txt, in `.local/localstack-venv`; and
 //! schemathesis (`cargo xtask openapi`), in `.local/schemathesis-venv`.
 
@@ -8,23 +10,34 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+/// The `bin` directories of one or more venvs, searched in order.
 pub struct Tools {
-    pub bin: PathBuf,
+    bins: Vec<PathBuf>,
 }
 
 impl Tools {
+    /// The program `name` from the first venv that has it.
     pub fn exe(&self, name: &str) -> PathBuf {
-        self.bin.join(name)
+        self.bins
+            .iter()
+            .map(|bin| bin.join(name))
+            .find(|path| path.exists())
+            .unwrap_or_else(|| self.bins[0].join(name))
     }
 
-    /// `PATH` with the venv first, so `cargo lambda` resolves to the pinned one.
+    /// `PATH` with the venvs first, so `cargo lambda` resolves to the pinned one.
     pub fn path_env(&self) -> String {
-        let rest = std::env::var("PATH").unwrap_or_default();
-        format!("{}:{rest}", self.bin.display())
+        let mut path: Vec<String> = self
+            .bins
+            .iter()
+            .map(|bin| bin.display().to_string())
+            .collect();
+        path.extend(std::env::var("PATH").ok());
+        path.join(":")
     }
 }
 
-/// Installs the pinned tools unless the venv already holds exactly those pins.
+/// Installs the stack's pinned tools unless the venv already holds exactly those pins.
 pub fn ensure(root: &Path) -> Result<Tools> {
     let bin = ensure_venv(
         root,
@@ -32,7 +45,22 @@ pub fn ensure(root: &Path) -> Result<Tools> {
         "xtask/requirements.txt",
         "the local stack's Python tools",
     )?;
-    Ok(Tools { bin })
+    Ok(Tools { bins: vec![bin] })
+}
+
+/// The stack's tools and AWS SAM CLI with cfn-lint (its own venv: SAM's pins are many
+/// and only the SAM steps need them). `sam build` finds cargo-lambda on `path_env()`.
+pub fn ensure_sam(root: &Path) -> Result<Tools> {
+    let stack = ensure(root)?;
+    let sam = ensure_venv(
+        root,
+        ".local/sam-venv",
+        "xtask/requirements-sam.txt",
+        "AWS SAM CLI and cfn-lint",
+    )?;
+    Ok(Tools {
+        bins: [vec![sam], stack.bins].concat(),
+    })
 }
 
 /// LocalStack, pinned in xtask/requirements-localstack.txt and installed once into

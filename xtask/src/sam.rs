@@ -827,7 +827,7 @@ pub async fn test(args: &[String]) -> Result<()> {
     }
     let started = Instant::now();
     let root = crate::root();
-    let tools = python::ensure(&root)?;
+    let tools = python::ensure_sam(&root)?;
     let mut timings: Vec<(String, Duration)> = Vec::new();
     let (built, took) = ensure_image(&root, false)?;
     timings.push((

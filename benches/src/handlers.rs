@@ -2,14 +2,15 @@
 //! request or record, with the store, queue and provider answering instantly.
 //!
 //! `cargo xtask bench` runs these and writes the medians into BENCHMARKS.md. To run
-//! them alone: `cargo bench -p shared --bench handlers -- --noplot | grep -v '^{'`
-//! (the delivery path writes its CloudWatch EMF metric lines to stdout, as it does in
-//! Lambda). Criterion keeps its estimates in `target/criterion/<group>/<bench>/new/`.
+//! them alone: `cargo run --release -p benches -- handlers | grep -v '^{'` (the delivery
+//! path writes its CloudWatch EMF metric lines to stdout, as it does in Lambda).
+//! Criterion keeps its estimates in `$CRITERION_HOME/<group>/<bench>/new/`
+//! (`target/criterion` by default).
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::Criterion;
 use lambda_http::Request;
 use serde_json::Value;
 use shared::adapters::sqs::delivery_records;
@@ -228,11 +229,14 @@ fn delivery(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
+/// `bench handlers`: criterion in benchmark mode, without plots (criterion's own
+/// command-line parsing is left out: `bench` takes the subcommand instead).
+pub fn run() {
+    let mut criterion = Criterion::default()
+        .without_plots()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = outbound, delivery
+    outbound(&mut criterion);
+    delivery(&mut criterion);
+    criterion.final_summary();
 }
-criterion_main!(benches);

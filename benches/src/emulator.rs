@@ -2,7 +2,8 @@
 //! what `PutItem` (the outbound insert), `SendMessage` (the enqueue) and `GetItem`
 //! (the read) and a delivery's claim + completion (two conditional UpdateItems) cost on
 //! the local stack without any function around them, one at a time and 16 at a time. `cargo xtask bench` runs it against its stack and compares
-//! it with the API's latency; alone (without the stack's environment) it does nothing.
+//! it with the API's latency (`bench emulator`); alone (without the stack's environment)
+//! it does nothing.
 //!
 //! Prints one line `BENCH_RESULT {json}`: per operation and concurrency, the latency
 //! percentiles in microseconds and the operations per second.
@@ -78,7 +79,8 @@ where
     })
 }
 
-fn main() {
+/// `bench emulator`: prints the `BENCH_RESULT` line.
+pub fn run() {
     let (Ok(_), Ok(table), Ok(queue_url)) = (
         std::env::var("AWS_ENDPOINT_URL"),
         std::env::var("TABLE_NAME"),
