@@ -293,6 +293,9 @@ pub async fn run(args: &[String]) -> Result<()> {
     let plan = Plan::parse(args)?;
     let started = Instant::now();
     let root = crate::root();
+    if plan.opt_level.is_none() {
+        ensure_wrk()?;
+    }
     let tools = python::ensure(&root)?;
     let work = root.join("target/xtask/bench");
     let logs = work.join("logs");
@@ -1584,6 +1587,30 @@ fn first_line(path: &str, prefix: &str) -> Option<String> {
         l.strip_prefix(prefix)
             .map(|v| v.trim().trim_start_matches(':').trim().to_owned())
     })
+}
+
+/// The load generator: Debian's `wrk`, installed with apt-get when missing (as root,
+/// or through `sudo -n`); otherwise says how to install it.
+fn ensure_wrk() -> Result<()> {
+    let found = |out: std::io::Result<std::process::Output>| !matches!(out, Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    if found(std::process::Command::new("wrk").arg("-v").output()) {
+        return Ok(());
+    }
+    let root = command_output("id", &["-u"]) == "0";
+    let apt = |args: &[&str]| -> Result<()> {
+        let mut command = if root {
+            std::process::Command::new("apt-get")
+        } else {
+            let mut sudo = std::process::Command::new("sudo");
+            sudo.args(["-n", "apt-get"]);
+            sudo
+        };
+        python::run(command.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    println!("xtask: installing wrk (apt-get install -y wrk)");
+    apt(&["install", "-y", "-q", "wrk"])
+        .or_else(|_| apt(&["update", "-q"]).and_then(|()| apt(&["install", "-y", "-q", "wrk"])))
+        .context("the bench needs wrk: install it with `apt-get install -y wrk` and retry")
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
