@@ -1,9 +1,10 @@
 //! The AWS emulator's own latency, with the functions' own adapters (release build):
-//! what `PutItem` (the outbound insert), `SendMessage` (the enqueue) and `GetItem`
-//! (the read) and a delivery's claim + completion (two conditional UpdateItems) cost on
-//! the local stack without any function around them, one at a time and 16 at a time. `cargo xtask bench` runs it against its stack and compares
-//! it with the API's latency (`bench emulator`); alone (without the stack's environment)
-//! it does nothing.
+//! what `PutItem` (the outbound insert), `SendMessage` (the enqueue), the conversation
+//! summary (three UpdateItems), `GetItem` (the read) and a delivery's claim +
+//! completion cost on the local stack without any function around them, one at a
+//! time and 16 at a time. `cargo xtask bench` runs it against its stack and compares
+//! it with the API's latency (`bench emulator`); alone (without the stack's
+//! environment) it does nothing.
 //!
 //! Prints one line `BENCH_RESULT {json}`: per operation and concurrency, the latency
 //! percentiles in microseconds and the operations per second.
@@ -17,13 +18,18 @@ use shared::adapters::aws_config;
 use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::SqsQueue;
 use shared::domain::{Direction, Message, validate_outbound};
-use shared::ports::{Claim, Completion, DeliveryQueue, Lease, MessageStore};
+use shared::ports::{Claim, Completion, ConversationStore, DeliveryQueue, Lease, MessageStore};
 use time::OffsetDateTime;
 
 const CONCURRENCY: [usize; 2] = [1, 16];
 
 fn message() -> Message {
-    let payload = json!({"from": "+18045551234", "to": "+12016661234", "type": "sms",
+    message_to("+12016661234")
+}
+
+/// A message to `to`: a conversation of its own per recipient.
+fn message_to(to: &str) -> Message {
+    let payload = json!({"from": "+18045551234", "to": to, "type": "sms",
                          "body": "emulator bench", "attachments": null});
     let new = validate_outbound(payload.as_object().expect("an object")).expect("valid");
     Message::accept(new, Direction::Outbound, OffsetDateTime::now_utc())
@@ -168,7 +174,6 @@ pub fn run() {
                 }
             })
             .await;
-            // What the outbound function does per request: the insert, then the enqueue.
             let (s, q) = (Arc::clone(&store), Arc::clone(&queue));
             let both = measure(ops, concurrency, move |_| {
                 let (s, q) = (Arc::clone(&s), Arc::clone(&q));
@@ -179,11 +184,37 @@ pub fn run() {
                 }
             })
             .await;
+            // The conversation summary a stored message updates (three UpdateItems,
+            // concurrently), each in a thread of its own.
+            let s = Arc::clone(&store);
+            let summary = measure(ops, concurrency, move |i| {
+                let s = Arc::clone(&s);
+                async move {
+                    let m = message_to(&format!("+1303{concurrency:02}{i:05}"));
+                    s.record_in_conversation(&m).await.is_ok()
+                }
+            })
+            .await;
+            // What the outbound function does per request: the insert, the enqueue,
+            // then the conversation summary.
+            let (s, q) = (Arc::clone(&store), Arc::clone(&queue));
+            let outbound = measure(ops, concurrency, move |i| {
+                let (s, q) = (Arc::clone(&s), Arc::clone(&q));
+                async move {
+                    let m = message_to(&format!("+1404{concurrency:02}{i:05}"));
+                    s.insert_outbound(&m, None).await.is_ok()
+                        && q.enqueue(&m.id, Duration::ZERO).await.is_ok()
+                        && s.record_in_conversation(&m).await.is_ok()
+                }
+            })
+            .await;
             for (name, value) in [
                 ("put_item", put),
                 ("send_message", send),
                 ("get_item", get),
                 ("put_item_then_send_message", both),
+                ("conversation_summary", summary),
+                ("outbound_writes", outbound),
                 ("claim_then_complete", claim),
             ] {
                 results.insert(format!("{name}@{concurrency}"), value);

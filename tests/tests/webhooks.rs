@@ -236,6 +236,85 @@ async fn twilio_status_callbacks_only_move_a_message_forward() {
     assert_eq!(answer.json()["errors"][0]["field"], "MessageSid");
 }
 
+/// The provider's callback can come as soon as it has answered, before the delivery
+/// function has recorded `sent`: the provider id is stored first, so the callback
+/// finds the message (still `sending`) and moves it on, and the late `sent` write
+/// yields instead of moving it back.
+#[tokio::test]
+async fn a_status_callback_that_overtakes_the_sent_write_is_applied() {
+    use shared::domain::{Direction, Message, NewMessage};
+    use shared::ports::{Claim, Completion, Lease, MessageStore, StoreError};
+
+    let (api, token) = (Api::new(), twilio_auth_token().await);
+    let store = e2e_tests::store().await;
+    let now = OffsetDateTime::now_utc();
+    let queued = Message::accept(
+        NewMessage {
+            channel: Channel::Sms,
+            from: OUR_NUMBER.to_owned(),
+            to: phone(),
+            body: "overtaken".to_owned(),
+            attachments: None,
+            timestamp: None,
+            messaging_provider_id: None,
+        },
+        Direction::Outbound,
+        now,
+    );
+    store.insert_outbound(&queued, None).await.unwrap();
+    let lease = Lease {
+        id: uuid::Uuid::new_v4().to_string(),
+        expires_at: now + time::Duration::minutes(1),
+    };
+    let Claim::Claimed(_) = store.claim(&queued.id, &lease, now).await.unwrap() else {
+        panic!("could not claim {}", queued.id);
+    };
+    let provider_sid = sid();
+    let sent = Completion::Sent {
+        provider_message_id: Some(provider_sid.clone()),
+    };
+    // Before any `sent` write the provider's id is unknown: the callback finds nothing.
+    assert_eq!(
+        post_status(&api, &token, &provider_sid, "delivered")
+            .await
+            .status,
+        404
+    );
+    // A `sent` write that fails its condition (another lease) still leaves the
+    // provider's id behind, as the first half of the real holder's write does.
+    let stranger = uuid::Uuid::new_v4().to_string();
+    assert!(matches!(
+        store.complete(&queued.id, &stranger, &sent, now).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(message_status(&api, &queued.id).await, "sending");
+
+    assert_twiml(&post_status(&api, &token, &provider_sid, "delivered").await);
+    assert_eq!(message_status(&api, &queued.id).await, "delivered");
+    // The holder's `sent` write comes late: it yields (the delivery function then
+    // acknowledges the record) and the message stays delivered.
+    assert!(matches!(
+        store.complete(&queued.id, &lease.id, &sent, now).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let stored = message(&api, &queued.id).await;
+    assert_eq!(stored["status"], "delivered", "{stored}");
+    let statuses: Vec<&str> = stored["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["queued", "sending", "delivered"], "{stored}");
+}
+
+async fn message_status(api: &Api, id: &str) -> String {
+    message(api, id).await["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }

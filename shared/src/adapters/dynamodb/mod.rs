@@ -9,8 +9,8 @@
 //!   fingerprint, the message id and the first response; expires (TTL
 //!   `expires_at`, epoch seconds) after 24 hours;
 //! - `PROVIDER#<provider message id>`: the message a provider knows by that id
-//!   (Twilio `SM…` sids and SendGrid `X-Message-Id`s), written with the `sent`
-//!   status, so status callbacks find their message;
+//!   (Twilio `SM…` sids and SendGrid `X-Message-Id`s), written just before the
+//!   `sent` status, so status callbacks find their message;
 //! - `EVENT#<provider>#<event id>`: a provider event already handled (TTL 7 days);
 //! - conversations (see [`conversations`]): `CONV#<id>` and `CONVPART#<id>#<participant>`.
 //!
@@ -25,9 +25,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, TransactWriteItem};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -413,7 +411,9 @@ impl MessageStore for DynamoDbStore {
                 "last_error = :reason, next_attempt_at = :next",
             ),
         };
-        let mut update = Update::builder()
+        let mut update = self
+            .client
+            .update_item()
             .table_name(&self.table)
             .key("pk", Self::message_key(id))
             .update_expression(format!(
@@ -430,12 +430,25 @@ impl MessageStore for DynamoDbStore {
         if let Some(reason) = reason {
             update = update.expression_attribute_values(":reason", s(reason));
         }
-        let mut provider_index = None;
         update = match completion {
             Completion::Sent {
                 provider_message_id,
             } => {
-                provider_index = provider_message_id.as_deref();
+                // The provider's id for the message, so its status callbacks find it:
+                // written first, because from the provider's answer on a callback may
+                // come, and it must find the message (still `sending`: reports move it
+                // on from there too). The mapping is true whatever happens to the
+                // status write below; so a plain put, not a transaction.
+                if let Some(provider_id) = provider_message_id {
+                    self.client
+                        .put_item()
+                        .table_name(&self.table)
+                        .item("pk", Self::provider_key(provider_id))
+                        .item("message_id", s(id))
+                        .send()
+                        .await
+                        .map_err(unavailable)?;
+                }
                 update
                     .expression_attribute_values(
                         ":pid",
@@ -452,29 +465,14 @@ impl MessageStore for DynamoDbStore {
                 next_attempt_at, ..
             } => update.expression_attribute_values(":next", rfc3339(*next_attempt_at)),
         };
-        let update = update
-            .build()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut request = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(update).build());
-        // The provider's id for the message, so its status callbacks find it.
-        if let Some(provider_id) = provider_index {
-            let index = Put::builder()
-                .table_name(&self.table)
-                .item("pk", Self::provider_key(provider_id))
-                .item("message_id", s(id))
-                .build()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            request = request.transact_items(TransactWriteItem::builder().put(index).build());
-        }
-        request
+        update
             .send()
             .await
             .map_err(|e| match e.into_service_error() {
-                e if e.is_transaction_canceled_exception() => StoreError::Conflict(format!(
-                    "lease {lease_id} on message {id} is no longer held"
+                // A report that overtook this write has moved the message on (or our
+                // lease was taken over): either way the message is no longer ours.
+                e if e.is_conditional_check_failed_exception() => StoreError::Conflict(format!(
+                    "message {id} is no longer sending under lease {lease_id}"
                 )),
                 e => unavailable(e),
             })?;
