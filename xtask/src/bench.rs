@@ -39,7 +39,7 @@ const FUNCTIONS: [&str; 5] = ["outbound", "inbound", "read", "delivery", "webhoo
 /// Binaries the stack runs besides the functions (built ahead, so that `cargo lambda
 /// watch --release` never compiles during a run).
 const STACK_BINARIES: [&str; 2] = ["sqs-bridge", "provider-sim"];
-/// The bench programs (`benches/`, `bench handlers` and `bench emulator`): criterion's
+/// The bench program (`benches/`: `bench handlers` and `bench emulator`): criterion's
 /// handler benches and the emulator's own latency, a release binary like the functions.
 const BENCH_PROGRAM: &str = "bench";
 /// `cargo lambda watch --concurrency` (instances per function) during the API runs:
@@ -446,7 +446,7 @@ fn build_all(build: &Build, variant: bool) -> Result<()> {
     println!("xtask: release builds");
     // The stack's own release binaries (cargo lambda watch --release runs the
     // functions from target/release: build them the same way, workspace-wide).
-    // One cargo invocation for all of them, the bench programs included: one build of
+    // One cargo invocation for all of them, the bench program included: one build of
     // the dependency tree, with the feature set every workspace-wide build resolves.
     let mut stack_bins = bins(&FUNCTIONS);
     stack_bins.extend(bins(&STACK_BINARIES));
@@ -455,7 +455,7 @@ fn build_all(build: &Build, variant: bool) -> Result<()> {
     args.extend(stack_bins.iter().map(String::as_str));
     if variant {
         // The stack's binaries come from the workspace's own release profile; the
-        // functions and bench programs measured, from the variant's.
+        // functions and the bench program measured, from the variant's.
         python::run(&mut crate::cargo(&args))?;
         measured_bins.extend(bins(&FUNCTIONS));
         let mut args = vec!["build", "--release"];
