@@ -49,7 +49,9 @@ pub fn ensure(root: &Path) -> Result<Tools> {
 }
 
 /// The stack's tools and AWS SAM CLI with cfn-lint (its own venv: SAM's pins are many
-/// and only the SAM steps need them). `sam build` finds cargo-lambda on `path_env()`.
+/// and only the SAM steps need them). `sam build` finds cargo-lambda on `path_env()`,
+/// and cargo-lambda finds zig as the `ziglang` module of the first `python3` on `PATH`:
+/// so the stack's venv comes first.
 pub fn ensure_sam(root: &Path) -> Result<Tools> {
     let stack = ensure(root)?;
     let sam = ensure_venv(
@@ -59,7 +61,7 @@ pub fn ensure_sam(root: &Path) -> Result<Tools> {
         "AWS SAM CLI and cfn-lint",
     )?;
     Ok(Tools {
-        bins: [vec![sam], stack.bins].concat(),
+        bins: [stack.bins, vec![sam]].concat(),
     })
 }
 
