@@ -434,11 +434,11 @@ impl MessageStore for DynamoDbStore {
             Completion::Sent {
                 provider_message_id,
             } => {
-                // The provider's id for the message, so its status callbacks find it:
-                // written first, because from the provider's answer on a callback may
-                // come, and it must find the message (still `sending`: reports move it
-                // on from there too). The mapping is true whatever happens to the
-                // status write below; so a plain put, not a transaction.
+                // The provider's id for the message, so its status callbacks find it.
+                // Written first: a callback may come as soon as the provider has
+                // answered, and it must find the message (still `sending`; reports move
+                // it on from there too). The mapping holds whatever happens to the
+                // status write below, so it is a plain put, not a transaction.
                 if let Some(provider_id) = provider_message_id {
                     self.client
                         .put_item()
