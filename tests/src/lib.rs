@@ -142,27 +142,34 @@ impl RawAnswer {
     }
 }
 
-/// Moves a `queued` message to `sent` as a delivery does (claim, then complete
-/// with the provider's id, which is indexed for status callbacks).
-pub async fn mark_sent(id: &str, provider_message_id: &str) {
-    use shared::ports::{Claim, Completion, Lease, MessageStore};
-    let store = store().await;
+/// Claims a `queued` message as a delivery does; returns the lease it holds.
+pub async fn claim_for_delivery(id: &str) -> shared::ports::Lease {
+    use shared::ports::{Claim, Lease, MessageStore};
     let now = OffsetDateTime::now_utc();
     let lease = Lease {
         id: uuid::Uuid::new_v4().to_string(),
         expires_at: now + time::Duration::minutes(1),
     };
-    let Claim::Claimed(_) = store.claim(id, &lease, now).await.expect("claim") else {
+    let Claim::Claimed(_) = store().await.claim(id, &lease, now).await.expect("claim") else {
         panic!("could not claim {id}");
     };
-    store
+    lease
+}
+
+/// Moves a `queued` message to `sent` as a delivery does (claim, then complete
+/// with the provider's id, which is indexed for status callbacks).
+pub async fn mark_sent(id: &str, provider_message_id: &str) {
+    use shared::ports::{Completion, MessageStore};
+    let lease = claim_for_delivery(id).await;
+    store()
+        .await
         .complete(
             id,
             &lease.id,
             &Completion::Sent {
                 provider_message_id: Some(provider_message_id.to_owned()),
             },
-            now,
+            OffsetDateTime::now_utc(),
         )
         .await
         .expect("complete");
@@ -172,6 +179,31 @@ pub async fn mark_sent(id: &str, provider_message_id: &str) {
 /// the functions load from the provider secret).
 pub async fn twilio_auth_token() -> String {
     provider_credentials().await.twilio_auth_token
+}
+
+/// An outbound message stored `queued` through the store itself (no queue message,
+/// so no delivery picks it up).
+pub async fn queued_message(channel: Channel, from: &str, to: &str) -> Message {
+    use shared::ports::MessageStore;
+    let message = Message::accept(
+        NewMessage {
+            channel,
+            from: from.to_owned(),
+            to: to.to_owned(),
+            body: "sent by the test".to_owned(),
+            attachments: None,
+            timestamp: None,
+            messaging_provider_id: None,
+        },
+        Direction::Outbound,
+        OffsetDateTime::now_utc(),
+    );
+    store()
+        .await
+        .insert_outbound(&message, None)
+        .await
+        .expect("insert");
+    message
 }
 
 /// A message stored as the delivery function leaves it once the provider
@@ -184,23 +216,7 @@ pub async fn sent_message(
     to: &str,
     provider_message_id: &str,
 ) -> Message {
-    use shared::ports::MessageStore;
-    let store = store().await;
-    let now = OffsetDateTime::now_utc();
-    let message = Message::accept(
-        NewMessage {
-            channel,
-            from: from.to_owned(),
-            to: to.to_owned(),
-            body: "sent by the test".to_owned(),
-            attachments: None,
-            timestamp: None,
-            messaging_provider_id: None,
-        },
-        Direction::Outbound,
-        now,
-    );
-    store.insert_outbound(&message, None).await.expect("insert");
+    let message = queued_message(channel, from, to).await;
     mark_sent(&message.id, provider_message_id).await;
     message
 }

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use e2e_tests::{Api, RawAnswer, email, phone, sent_message, twilio_auth_token};
+use e2e_tests::{
+    Api, RawAnswer, claim_for_delivery, email, phone, queued_message, sent_message,
+    twilio_auth_token,
+};
 use serde_json::{Value, json};
 use shared::adapters::twilio_webhook::EMPTY_TWIML;
 use shared::domain::Channel;
@@ -212,13 +215,11 @@ async fn twilio_status_callbacks_only_move_a_message_forward() {
     }
     let a = message(&api, &a.id).await;
     assert_eq!(a["status"], "delivered", "{a}");
-    let statuses: Vec<&str> = a["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, ["queued", "sending", "sent", "delivered"], "{a}");
+    assert_eq!(
+        history_statuses(&a),
+        ["queued", "sending", "sent", "delivered"],
+        "{a}"
+    );
 
     // undelivered first, then a late "delivered": failed, with Twilio's error code.
     let sid_b = sid();
@@ -242,33 +243,13 @@ async fn twilio_status_callbacks_only_move_a_message_forward() {
 /// yields instead of moving it back.
 #[tokio::test]
 async fn a_status_callback_that_overtakes_the_sent_write_is_applied() {
-    use shared::domain::{Direction, Message, NewMessage};
-    use shared::ports::{Claim, Completion, Lease, MessageStore, StoreError};
+    use shared::ports::{Completion, MessageStore, StoreError};
 
     let (api, token) = (Api::new(), twilio_auth_token().await);
     let store = e2e_tests::store().await;
+    let queued = queued_message(Channel::Sms, OUR_NUMBER, &phone()).await;
+    let lease = claim_for_delivery(&queued.id).await;
     let now = OffsetDateTime::now_utc();
-    let queued = Message::accept(
-        NewMessage {
-            channel: Channel::Sms,
-            from: OUR_NUMBER.to_owned(),
-            to: phone(),
-            body: "overtaken".to_owned(),
-            attachments: None,
-            timestamp: None,
-            messaging_provider_id: None,
-        },
-        Direction::Outbound,
-        now,
-    );
-    store.insert_outbound(&queued, None).await.unwrap();
-    let lease = Lease {
-        id: uuid::Uuid::new_v4().to_string(),
-        expires_at: now + time::Duration::minutes(1),
-    };
-    let Claim::Claimed(_) = store.claim(&queued.id, &lease, now).await.unwrap() else {
-        panic!("could not claim {}", queued.id);
-    };
     let provider_sid = sid();
     let sent = Completion::Sent {
         provider_message_id: Some(provider_sid.clone()),
@@ -287,10 +268,10 @@ async fn a_status_callback_that_overtakes_the_sent_write_is_applied() {
         store.complete(&queued.id, &stranger, &sent, now).await,
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(message_status(&api, &queued.id).await, "sending");
+    assert_eq!(message(&api, &queued.id).await["status"], "sending");
 
     assert_twiml(&post_status(&api, &token, &provider_sid, "delivered").await);
-    assert_eq!(message_status(&api, &queued.id).await, "delivered");
+    assert_eq!(message(&api, &queued.id).await["status"], "delivered");
     // The holder's `sent` write comes late: it yields (the delivery function then
     // acknowledges the record) and the message stays delivered.
     assert!(matches!(
@@ -299,20 +280,21 @@ async fn a_status_callback_that_overtakes_the_sent_write_is_applied() {
     ));
     let stored = message(&api, &queued.id).await;
     assert_eq!(stored["status"], "delivered", "{stored}");
-    let statuses: Vec<&str> = stored["history"]
+    assert_eq!(
+        history_statuses(&stored),
+        ["queued", "sending", "delivered"],
+        "{stored}"
+    );
+}
+
+/// The statuses of a message's `history`, oldest first.
+fn history_statuses(message: &Value) -> Vec<&str> {
+    message["history"]
         .as_array()
         .unwrap()
         .iter()
         .map(|h| h["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, ["queued", "sending", "delivered"], "{stored}");
-}
-
-async fn message_status(api: &Api, id: &str) -> String {
-    message(api, id).await["status"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+        .collect()
 }
 
 fn now() -> i64 {
