@@ -44,10 +44,19 @@ fn outbound_request() -> Request {
     lambda_http::request::from_str(OUTBOUND_SMS).expect("outbound-sms.json is an API Gateway event")
 }
 
+/// A request's body as the outbound function reads it: a JSON object.
+fn body_of(request: &Request) -> serde_json::Map<String, serde_json::Value> {
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok());
+    json_object_body(content_type, request.body().as_ref()).expect("a JSON object")
+}
+
 /// The outbound function's own work on a request: body → JSON object → validation →
 /// the stored message → its JSON (the 202 body).
 fn accept(request: &Request) -> String {
-    let payload = json_object_body(request).expect("a JSON object");
+    let payload = body_of(request);
     let new = validate_outbound(&payload).expect("a valid message");
     let message = Message::accept(new, Direction::Outbound, OffsetDateTime::now_utc());
     serde_json::to_string(&message).expect("serializable")
@@ -152,7 +161,7 @@ impl Provider for InstantProvider {
 
 /// A claimed outbound SMS, as the store hands it to a delivery.
 fn claimed_message() -> Message {
-    let payload = json_object_body(&outbound_request()).expect("a JSON object");
+    let payload = body_of(&outbound_request());
     let new = validate_outbound(&payload).expect("a valid message");
     let mut message = Message::accept(new, Direction::Outbound, OffsetDateTime::now_utc());
     message.status = Status::Sending;

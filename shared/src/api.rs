@@ -1,23 +1,91 @@
-//! The message API: accept outbound, record inbound, read back. Each operation
-//! is a plain async function over the ports, plus an HTTP handler that maps it
-//! to an API Gateway response.
+//! The message use cases: accept outbound, record inbound, read back. Each is a
+//! plain async function over the ports returning a domain error; the HTTP edge
+//! (`crate::http`) maps those to answers.
 
-use lambda_http::http::{HeaderValue, StatusCode, header};
-use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{error, info};
 
 use crate::domain::idempotency::{self, IdempotencyKey, fingerprint};
 use crate::domain::{
     Direction, FieldError, Message, NewMessage, validate_inbound, validate_outbound,
 };
-use crate::http::{ApiError, json_object_body, json_response, path_id, raw_json_response};
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
     ConversationStore, DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore,
-    OutboundInsert,
+    OutboundInsert, QueueError, StoreError,
 };
+
+/// Why a message was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The payload failed validation: one entry per offending field.
+    #[error("the message is invalid")]
+    Invalid(Vec<FieldError>),
+    /// The idempotency key was first used with a different request body.
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    /// The store or the queue failed; nothing was accepted.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for AcceptError {
+    fn from(e: StoreError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<QueueError> for AcceptError {
+    fn from(e: QueueError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// What a read looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Message,
+    Conversation,
+}
+
+impl Resource {
+    /// The request field that named it.
+    pub const fn field(self) -> &'static str {
+        "id"
+    }
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::Conversation => "conversation",
+        }
+    }
+}
+
+/// Why a read found nothing to answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("no {} with id {id:?}", what.as_str())]
+    NotFound { what: Resource, id: String },
+    /// A query parameter (limit, cursor, participant) is out of range or garbled.
+    #[error("{}: {}", .0.field, .0.message)]
+    BadQuery(FieldError),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ReadError {
+    pub(crate) fn bad_query(field: &str, message: impl Into<String>) -> Self {
+        Self::BadQuery(FieldError::new(field, message))
+    }
+}
+
+impl From<StoreError> for ReadError {
+    fn from(e: StoreError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
 
 /// The answer to an accepted outbound request.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,7 +109,7 @@ pub async fn accept_outbound(
     queue: &impl DeliveryQueue,
     payload: &Map<String, Value>,
     key: Option<&IdempotencyKey>,
-) -> Result<OutboundAccepted, ApiError> {
+) -> Result<OutboundAccepted, AcceptError> {
     let new = validate_outbound(payload).map_err(rejected)?;
     let now = OffsetDateTime::now_utc();
     let message = Message::accept(new, Direction::Outbound, now);
@@ -61,9 +129,7 @@ pub async fn accept_outbound(
                 response: first.response,
             });
         }
-        return Err(ApiError::Conflict(
-            "this Idempotency-Key was already used with a different request body".to_owned(),
-        ));
+        return Err(AcceptError::IdempotencyKeyReused);
     }
     if let Err(enqueue_error) = queue.enqueue(&message.id, std::time::Duration::ZERO).await {
         error!(message_id = %message.id, error = %enqueue_error, "enqueue failed; removing the message");
@@ -94,9 +160,9 @@ pub async fn accept_outbound(
 pub async fn accept_inbound(
     store: &(impl MessageStore + ConversationStore),
     payload: &Map<String, Value>,
-) -> Result<InboundInsert, ApiError> {
+) -> Result<InboundInsert, AcceptError> {
     let new = validate_inbound(payload).map_err(rejected)?;
-    store_inbound(store, new).await
+    Ok(store_inbound(store, new).await?)
 }
 
 /// Stores a validated inbound message (from the API or a provider webhook) once
@@ -104,7 +170,7 @@ pub async fn accept_inbound(
 pub async fn store_inbound(
     store: &(impl MessageStore + ConversationStore),
     new: NewMessage,
-) -> Result<InboundInsert, ApiError> {
+) -> Result<InboundInsert, StoreError> {
     let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
     let insert = store.insert_inbound(&message).await?;
     if let InboundInsert::Created(m) = &insert {
@@ -139,117 +205,21 @@ async fn record_in_conversation(store: &impl ConversationStore, message: &Messag
 }
 
 /// The 422 for a payload that failed validation, counted.
-fn rejected(errors: Vec<FieldError>) -> ApiError {
+fn rejected(errors: Vec<FieldError>) -> AcceptError {
     metrics::emit(&[Metric::count(name::VALIDATION_REJECTED, 1)], &[]);
-    ApiError::Validation(errors)
+    AcceptError::Invalid(errors)
 }
 
 /// Reads one message by id.
-pub async fn find_message(store: &impl MessageStore, id: &str) -> Result<Message, ApiError> {
-    let not_found = || ApiError::NotFound {
-        field: "id",
-        message: format!("no message with id {id:?}"),
+pub async fn find_message(store: &impl MessageStore, id: &str) -> Result<Message, ReadError> {
+    let not_found = || ReadError::NotFound {
+        what: Resource::Message,
+        id: id.to_owned(),
     };
     if uuid::Uuid::parse_str(id).is_err() {
         return Err(not_found());
     }
     store.get(id).await?.ok_or_else(not_found)
-}
-
-/// `POST /messages/outbound` → 202 with the queued message and its `Location`.
-pub async fn handle_outbound(
-    store: &(impl MessageStore + ConversationStore),
-    queue: &impl DeliveryQueue,
-    request: Request,
-) -> Response<Body> {
-    let span = request_span(&request);
-    async {
-        let key = request
-            .headers()
-            .get(idempotency::HEADER)
-            .map(|value| {
-                IdempotencyKey::parse(value.to_str().unwrap_or_default()).map_err(
-                    |e: FieldError| ApiError::BadRequest {
-                        field: Some(e.field),
-                        message: e.message,
-                    },
-                )
-            })
-            .transpose()?;
-        let payload = json_object_body(&request)?;
-        accept_outbound(store, queue, &payload, key.as_ref()).await
-    }
-    .instrument(span)
-    .await
-    .map_or_else(ApiError::into_response, |accepted| match accepted {
-        OutboundAccepted::Queued(m) => message_response(StatusCode::ACCEPTED, &m),
-        OutboundAccepted::Replayed {
-            message_id,
-            response,
-        } => {
-            let mut replay = raw_json_response(StatusCode::ACCEPTED, response);
-            set_location(&mut replay, &message_id);
-            replay
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            replay
-        }
-    })
-}
-
-/// `POST /messages/inbound` → 201 with the stored message, or 200 with the message
-/// already stored under the same `messaging_provider_id`.
-pub async fn handle_inbound(
-    store: &(impl MessageStore + ConversationStore),
-    request: Request,
-) -> Response<Body> {
-    let span = request_span(&request);
-    async {
-        let payload = json_object_body(&request)?;
-        accept_inbound(store, &payload).await
-    }
-    .instrument(span)
-    .await
-    .map_or_else(ApiError::into_response, |insert| match insert {
-        InboundInsert::Created(m) => message_response(StatusCode::CREATED, &m),
-        InboundInsert::Duplicate(m) => message_response(StatusCode::OK, &m),
-    })
-}
-
-/// `GET /messages/{id}` → 200 with the message, 404 if unknown.
-pub async fn handle_get_message(store: &impl MessageStore, request: Request) -> Response<Body> {
-    let id = path_id(&request);
-    find_message(store, &id)
-        .instrument(request_span(&request))
-        .await
-        .map_or_else(ApiError::into_response, |m| {
-            message_response(StatusCode::OK, &m)
-        })
-}
-
-pub(crate) fn message_response(status: StatusCode, message: &Message) -> Response<Body> {
-    let mut response = json_response(status, message);
-    if status != StatusCode::OK {
-        set_location(&mut response, &message.id);
-    }
-    response
-}
-
-fn set_location(response: &mut Response<Body>, message_id: &str) {
-    match HeaderValue::try_from(format!("/messages/{message_id}")) {
-        Ok(location) => {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        Err(e) => warn!(error = %e, "message id is not a valid header value"),
-    }
-}
-
-pub(crate) fn request_span(request: &Request) -> tracing::Span {
-    let request_id = request
-        .lambda_context_ref()
-        .map(|c| c.request_id.clone())
-        .unwrap_or_default();
-    info_span!("request", method = %request.method(), path = request.uri().path(), request_id)
 }
 
 #[cfg(test)]
@@ -486,7 +456,7 @@ mod tests {
             .await
             .unwrap_err();
 
-        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(matches!(err, AcceptError::Unavailable(_)), "{err:?}");
         assert!(capture.names().is_empty(), "{:?}", capture.names());
     }
 
@@ -501,7 +471,7 @@ mod tests {
             .await
             .unwrap_err();
 
-        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(matches!(err, AcceptError::Invalid(_)), "{err:?}");
         let docs = capture.documents();
         assert_eq!(docs.len(), 1, "{docs:?}");
         assert_eq!(docs[0]["ValidationRejected"], 1);
@@ -516,10 +486,9 @@ mod tests {
 
         let err = accept_inbound(&store, &sms()).await.unwrap_err();
 
-        assert_eq!(
-            err.status(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no messaging_provider_id"
+        assert!(
+            matches!(err, AcceptError::Invalid(_)),
+            "no messaging_provider_id: {err:?}"
         );
         assert_eq!(capture.names(), ["ValidationRejected"]);
     }

@@ -1,16 +1,11 @@
-//! The conversation API: a participant's threads, one thread, a thread's
+//! The conversation use cases: a participant's threads, one thread, a thread's
 //! messages; paginated with signed cursors.
 
-use lambda_http::http::{HeaderValue, StatusCode, header};
-use lambda_http::{Body, Request, RequestExt, Response};
-use serde::Serialize;
-use tracing::Instrument;
-
+use crate::api::{ReadError, Resource};
 use crate::cursor::CursorCodec;
 use crate::domain::conversation::{is_conversation_id, is_sort_key, normalize_participant};
 use crate::domain::validation::{is_e164, is_email};
 use crate::domain::{Conversation, Message};
-use crate::http::{ApiError, json_response, path_id};
 use crate::ports::{ConversationStore, Page, Position};
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -23,28 +18,12 @@ pub struct Listing<T> {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ConversationsBody<'a> {
-    conversations: &'a [Conversation],
-    next_cursor: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct MessagesBody<'a> {
-    conversation_id: &'a str,
-    messages: &'a [Message],
-    next_cursor: Option<&'a str>,
-}
-
-fn bad(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest {
-        field: Some(field.to_owned()),
-        message: message.into(),
-    }
+fn bad(field: &str, message: impl Into<String>) -> ReadError {
+    ReadError::bad_query(field, message)
 }
 
 /// `limit`: 1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`].
-pub fn parse_limit(value: Option<&str>) -> Result<usize, ApiError> {
+pub fn parse_limit(value: Option<&str>) -> Result<usize, ReadError> {
     let Some(value) = value else {
         return Ok(DEFAULT_LIMIT);
     };
@@ -59,7 +38,7 @@ pub fn parse_limit(value: Option<&str>) -> Result<usize, ApiError> {
 /// `participant`: an E.164 number or an email address, normalized as
 /// conversation keys are. A `+` sent unencoded in a query string arrives as a
 /// space; a number that lost its `+` that way gets it back.
-pub fn parse_participant(value: Option<&str>) -> Result<String, ApiError> {
+pub fn parse_participant(value: Option<&str>) -> Result<String, ReadError> {
     let raw = value.ok_or_else(|| bad("participant", "is required"))?;
     let mut participant = normalize_participant(raw);
     if raw.starts_with(' ') && participant.bytes().all(|b| b.is_ascii_digit()) {
@@ -80,7 +59,7 @@ fn decode_cursor(
     scope: &str,
     cursor: Option<&str>,
     id_is_valid: impl Fn(&str) -> bool,
-) -> Result<Option<Position>, ApiError> {
+) -> Result<Option<Position>, ReadError> {
     let invalid = || bad("cursor", "is not a cursor this API issued for this query");
     cursor
         .map(|cursor| {
@@ -108,7 +87,7 @@ pub async fn list_conversations(
     participant: Option<&str>,
     limit: Option<&str>,
     cursor: Option<&str>,
-) -> Result<(String, usize, Listing<Conversation>), ApiError> {
+) -> Result<(String, usize, Listing<Conversation>), ReadError> {
     let participant = parse_participant(participant)?;
     let limit = parse_limit(limit)?;
     let scope = format!("participant:{participant}");
@@ -119,17 +98,17 @@ pub async fn list_conversations(
     Ok((participant, limit, listing(cursors, &scope, page)))
 }
 
-fn unknown_conversation(id: &str) -> ApiError {
-    ApiError::NotFound {
-        field: "id",
-        message: format!("no conversation with id {id:?}"),
+fn unknown_conversation(id: &str) -> ReadError {
+    ReadError::NotFound {
+        what: Resource::Conversation,
+        id: id.to_owned(),
     }
 }
 
 pub async fn find_conversation(
     store: &impl ConversationStore,
     id: &str,
-) -> Result<Conversation, ApiError> {
+) -> Result<Conversation, ReadError> {
     if !is_conversation_id(id) {
         return Err(unknown_conversation(id));
     }
@@ -146,7 +125,7 @@ pub async fn list_messages(
     id: &str,
     limit: Option<&str>,
     cursor: Option<&str>,
-) -> Result<(usize, Listing<Message>), ApiError> {
+) -> Result<(usize, Listing<Message>), ReadError> {
     let limit = parse_limit(limit)?;
     let scope = format!("conversation:{id}");
     let after = decode_cursor(cursors, &scope, cursor, |id| {
@@ -157,107 +136,6 @@ pub async fn list_messages(
         .conversation_messages(id, limit, after.as_ref())
         .await?;
     Ok((limit, listing(cursors, &scope, page)))
-}
-
-/// `Link: <path?query&cursor=…>; rel="next"` (RFC 8288), relative to the API.
-fn link_next(response: &mut Response<Body>, path: &str, query: &[(&str, &str)]) {
-    let query = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(query)
-        .finish();
-    if let Ok(value) = HeaderValue::try_from(format!("<{path}?{query}>; rel=\"next\"")) {
-        response.headers_mut().insert(header::LINK, value);
-    }
-}
-
-fn query<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
-    request
-        .query_string_parameters_ref()
-        .and_then(|params| params.first(name))
-}
-
-/// Routes `GET /conversations`, `/conversations/{id}` and
-/// `/conversations/{id}/messages` (with or without a trailing slash).
-pub async fn handle(
-    store: &impl ConversationStore,
-    cursors: &CursorCodec,
-    request: Request,
-) -> Response<Body> {
-    let path = request.uri().path().trim_end_matches('/').to_owned();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let span = crate::api::request_span(&request);
-    async {
-        match segments.as_slice() {
-            ["conversations"] => {
-                let (participant, limit, page) = list_conversations(
-                    store,
-                    cursors,
-                    query(&request, "participant"),
-                    query(&request, "limit"),
-                    query(&request, "cursor"),
-                )
-                .await?;
-                let mut response = json_response(
-                    StatusCode::OK,
-                    &ConversationsBody {
-                        conversations: &page.items,
-                        next_cursor: page.next_cursor.as_deref(),
-                    },
-                );
-                if let Some(next) = &page.next_cursor {
-                    let limit = limit.to_string();
-                    link_next(
-                        &mut response,
-                        "/conversations",
-                        &[
-                            ("participant", &participant),
-                            ("limit", &limit),
-                            ("cursor", next),
-                        ],
-                    );
-                }
-                Ok(response)
-            }
-            ["conversations", _] => {
-                let conversation = find_conversation(store, &path_id(&request)).await?;
-                Ok(json_response(StatusCode::OK, &conversation))
-            }
-            ["conversations", _, "messages"] => {
-                let id = path_id(&request);
-                let (limit, page) = list_messages(
-                    store,
-                    cursors,
-                    &id,
-                    query(&request, "limit"),
-                    query(&request, "cursor"),
-                )
-                .await?;
-                let mut response = json_response(
-                    StatusCode::OK,
-                    &MessagesBody {
-                        conversation_id: &id,
-                        messages: &page.items,
-                        next_cursor: page.next_cursor.as_deref(),
-                    },
-                );
-                if let Some(next) = &page.next_cursor {
-                    let limit = limit.to_string();
-                    link_next(
-                        &mut response,
-                        &format!("/conversations/{id}/messages"),
-                        &[("limit", &limit), ("cursor", next)],
-                    );
-                }
-                Ok(response)
-            }
-            _ => Err(ApiError::NotFound {
-                field: "path",
-                message: format!("no route for {path}"),
-            }),
-        }
-    }
-    .instrument(span)
-    .await
-    .unwrap_or_else(ApiError::into_response)
 }
 
 #[cfg(test)]
@@ -271,7 +149,7 @@ mod tests {
         assert_eq!(parse_limit(Some("1")).unwrap(), 1);
         for bad in ["0", "201", "-1", "ten", "", "1.5"] {
             let error = parse_limit(Some(bad)).unwrap_err();
-            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{bad}");
+            assert!(matches!(error, ReadError::BadQuery(_)), "{bad}");
         }
     }
 
@@ -292,7 +170,7 @@ mod tests {
         );
         for bad in [None, Some(""), Some("18045551234"), Some("not an address")] {
             let error = parse_participant(bad).unwrap_err();
-            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+            assert!(matches!(error, ReadError::BadQuery(_)), "{bad:?}");
         }
     }
 }

@@ -14,20 +14,19 @@
 
 use std::time::Duration;
 
-use lambda_http::http::{HeaderValue, StatusCode, header};
-use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use time::OffsetDateTime;
-use tracing::{Instrument, info, warn};
+use tracing::{info, warn};
 
 use crate::adapters::sendgrid_webhook::{self, EventWebhookKey};
 use crate::adapters::twilio_webhook;
-use crate::api::{message_response, request_span, store_inbound};
+use crate::api::store_inbound;
 use crate::config::WebhookConfig;
 use crate::domain::{FieldError, ProviderKind, ReportedOutcome, StatusReport};
-use crate::http::{ApiError, json_response, media_type_essence};
 use crate::metrics::{self, Metric, dimension, name};
-use crate::ports::{ConversationStore, InboundInsert, MessageStore, ReportApplied, ReportStore};
+use crate::ports::{
+    ConversationStore, InboundInsert, MessageStore, ReportApplied, ReportStore, StoreError,
+};
 
 /// What a SendGrid event batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,6 +40,57 @@ pub struct EventsOutcome {
     pub duplicates: usize,
 }
 
+/// Why a webhook post was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// Verified, but its fields are not a message or a report.
+    #[error("the webhook payload is invalid")]
+    Invalid(Vec<FieldError>),
+    /// Verified, but not parseable at all.
+    #[error("{}", .0.message)]
+    Malformed(FieldError),
+    /// Missing, wrong or stale signature (`header` names the signature header).
+    #[error("{message}")]
+    SignatureRejected {
+        header: &'static str,
+        message: String,
+    },
+    /// Missing or wrong HTTP Basic credentials (Inbound Parse).
+    #[error("valid credentials are required")]
+    Unauthenticated { realm: &'static str },
+    /// A status callback about a message we never sent.
+    #[error("no message was sent as {sid:?}")]
+    UnknownMessage { sid: String },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for WebhookError {
+    fn from(e: StoreError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// A Twilio post as the edge received it: the URLs it may have been signed
+/// for, the `X-Twilio-Signature` header and the form body.
+pub struct TwilioPost<'a> {
+    pub urls: Vec<String>,
+    pub signature: Option<&'a str>,
+    pub form: &'a [u8],
+}
+
+/// Where a request came in, for rebuilding the URL Twilio signed.
+pub struct RequestOrigin<'a> {
+    /// `X-Forwarded-Proto`, else the URI's scheme.
+    pub scheme: Option<&'a str>,
+    /// `Host`, else the URI's authority.
+    pub host: Option<&'a str>,
+    pub path_and_query: &'a str,
+}
+
+/// Inbound Parse's basic-auth realm.
+pub const INBOUND_PARSE_REALM: &str = "sendgrid-inbound-parse";
+
 /// The webhooks with their secrets, built once at cold start.
 pub struct Webhooks<S> {
     store: S,
@@ -51,47 +101,13 @@ pub struct Webhooks<S> {
     inbound_basic_auth: Option<String>,
 }
 
-fn rejected(provider: ProviderKind, error: ApiError) -> ApiError {
+fn rejected(provider: ProviderKind, error: WebhookError) -> WebhookError {
     warn!(provider = provider.as_str(), error = %error, "webhook refused");
     metrics::emit(
         &[Metric::count(name::WEBHOOK_REJECTED, 1)],
         &[(dimension::PROVIDER, provider.as_str())],
     );
     error
-}
-
-fn invalid(errors: Vec<FieldError>) -> ApiError {
-    ApiError::Validation(errors)
-}
-
-fn twiml() -> Response<Body> {
-    let mut response = Response::new(Body::Text(twilio_webhook::EMPTY_TWIML.to_owned()));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
-    response
-}
-
-fn require_media_type(request: &Request, expected: &'static str) -> Result<(), ApiError> {
-    let declared =
-        media_type_essence(header_str(request, header::CONTENT_TYPE.as_str()).unwrap_or_default());
-    if declared == expected {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType { declared, expected })
-    }
-}
-
-fn header_str<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
-    request.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-fn body_bytes(request: &Request) -> Result<&[u8], ApiError> {
-    let bytes: &[u8] = request.body().as_ref();
-    if bytes.len() > crate::http::MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge);
-    }
-    Ok(bytes)
 }
 
 impl<S> Webhooks<S>
@@ -116,142 +132,127 @@ where
         })
     }
 
-    /// Routes a webhook request by path (with or without a trailing slash).
-    pub async fn handle(&self, request: Request) -> Response<Body> {
-        let span = request_span(&request);
-        let path = request.uri().path().trim_end_matches('/').to_owned();
-        async {
-            match path.as_str() {
-                "/webhooks/twilio/messages" => self.twilio_message(&request).await,
-                "/webhooks/twilio/status" => self.twilio_status(&request).await,
-                "/webhooks/sendgrid/inbound" => self.sendgrid_inbound(&request).await,
-                "/webhooks/sendgrid/events" => self
-                    .sendgrid_events(&request)
-                    .await
-                    .map(|outcome| json_response(StatusCode::OK, &outcome)),
-                _ => Err(ApiError::NotFound {
-                    field: "path",
-                    message: format!("no webhook at {path}"),
-                }),
-            }
-        }
-        .instrument(span)
-        .await
-        .unwrap_or_else(ApiError::into_response)
-    }
-
     /// The URLs Twilio may have signed: `PUBLIC_BASE_URL` + path + query; else
-    /// the URL rebuilt from the request's `Host` and `X-Forwarded-Proto`, and the
-    /// same with the other of http/https (a local runtime such as `cargo lambda
-    /// watch` reports https for plain-http requests). Port spellings are tried by
+    /// the URL rebuilt from the request's host and scheme, and the same with the
+    /// other of http/https (a local runtime such as `cargo lambda watch` reports
+    /// https for plain-http requests). Port spellings are tried by
     /// [`twilio_webhook::verify_signature`].
-    fn twilio_urls(&self, request: &Request) -> Vec<String> {
-        let uri = request.uri();
-        let path_and_query = uri
-            .path_and_query()
-            .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
-        let mut urls = Vec::new();
+    pub fn twilio_urls(&self, origin: &RequestOrigin<'_>) -> Vec<String> {
+        let path_and_query = origin.path_and_query;
         if let Some(base) = &self.public_base_url {
-            urls.push(format!("{base}{path_and_query}"));
-        } else {
-            let scheme = header_str(request, "x-forwarded-proto")
-                .and_then(|v| v.split(',').next())
-                .map(str::trim)
-                .or(uri.scheme_str())
-                .unwrap_or("https");
-            let host = header_str(request, "host")
-                .or(uri.authority().map(|a| a.as_str()))
-                .unwrap_or_default();
-            let other = if scheme == "http" { "https" } else { "http" };
-            urls.push(format!("{scheme}://{host}{path_and_query}"));
-            urls.push(format!("{other}://{host}{path_and_query}"));
+            return vec![format!("{base}{path_and_query}")];
         }
-        urls
+        let scheme = origin.scheme.unwrap_or("https");
+        let host = origin.host.unwrap_or_default();
+        let other = if scheme == "http" { "https" } else { "http" };
+        vec![
+            format!("{scheme}://{host}{path_and_query}"),
+            format!("{other}://{host}{path_and_query}"),
+        ]
     }
 
     /// Verifies `X-Twilio-Signature` and returns the form parameters.
-    fn verified_twilio_form(&self, request: &Request) -> Result<Vec<(String, String)>, ApiError> {
-        require_media_type(request, "application/x-www-form-urlencoded")?;
-        let params = twilio_webhook::parse_form(body_bytes(request)?);
-        let signature = header_str(request, twilio_webhook::SIGNATURE_HEADER);
-        let urls = self.twilio_urls(request);
-        let verified = urls.iter().any(|url| {
-            twilio_webhook::verify_signature(&self.twilio_auth_token, url, &params, signature)
+    fn verified_twilio_form(
+        &self,
+        post: &TwilioPost<'_>,
+    ) -> Result<Vec<(String, String)>, WebhookError> {
+        let params = twilio_webhook::parse_form(post.form);
+        let verified = post.urls.iter().any(|url| {
+            twilio_webhook::verify_signature(&self.twilio_auth_token, url, &params, post.signature)
         });
         if verified {
             Ok(params)
         } else {
             Err(rejected(
                 ProviderKind::Twilio,
-                ApiError::Forbidden {
-                    field: "X-Twilio-Signature",
-                    message: if signature.is_some() {
-                        format!("the request signature does not match {}", urls[0])
-                    } else {
-                        "the request is not signed".to_owned()
+                WebhookError::SignatureRejected {
+                    header: "X-Twilio-Signature",
+                    message: match (post.signature, post.urls.first()) {
+                        (Some(_), Some(url)) => {
+                            format!("the request signature does not match {url}")
+                        }
+                        (Some(_), None) => "the request signature does not match".to_owned(),
+                        (None, _) => "the request is not signed".to_owned(),
                     },
                 },
             ))
         }
     }
 
-    async fn twilio_message(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let params = self.verified_twilio_form(request)?;
-        let new = twilio_webhook::inbound_message(&params).map_err(invalid)?;
-        store_inbound(&self.store, new).await?;
-        Ok(twiml())
+    /// `POST /webhooks/twilio/messages`: an inbound SMS/MMS, stored once per `MessageSid`.
+    pub async fn twilio_message(
+        &self,
+        post: TwilioPost<'_>,
+    ) -> Result<InboundInsert, WebhookError> {
+        let params = self.verified_twilio_form(&post)?;
+        let new = twilio_webhook::inbound_message(&params).map_err(WebhookError::Invalid)?;
+        Ok(store_inbound(&self.store, new).await?)
     }
 
-    async fn twilio_status(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let params = self.verified_twilio_form(request)?;
-        let report = twilio_webhook::status_report(&params).map_err(invalid)?;
+    /// `POST /webhooks/twilio/status`: moves a sent message on.
+    pub async fn twilio_status(&self, post: TwilioPost<'_>) -> Result<(), WebhookError> {
+        let params = self.verified_twilio_form(&post)?;
+        let report = twilio_webhook::status_report(&params).map_err(WebhookError::Invalid)?;
         let sid = report.provider_message_id.clone().unwrap_or_default();
         let Some(message_id) = self
             .store
             .find_by_provider_id(ProviderKind::Twilio, &sid)
             .await?
         else {
-            return Err(ApiError::NotFound {
-                field: "MessageSid",
-                message: format!("no message was sent as {sid:?}"),
-            });
+            return Err(WebhookError::UnknownMessage { sid });
         };
         self.apply(&message_id, &report).await?;
-        Ok(twiml())
+        Ok(())
     }
 
-    async fn sendgrid_inbound(&self, request: &Request) -> Result<Response<Body>, ApiError> {
-        let authorized = self.inbound_basic_auth.as_deref().is_some_and(|expected| {
-            sendgrid_webhook::basic_auth_matches(
-                header_str(request, header::AUTHORIZATION.as_str()),
-                expected,
-            )
-        });
-        if !authorized {
-            return Err(rejected(
+    /// Inbound Parse's HTTP Basic credentials (`Authorization` header value).
+    pub fn check_inbound_credentials(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<(), WebhookError> {
+        let authorized = self
+            .inbound_basic_auth
+            .as_deref()
+            .is_some_and(|expected| sendgrid_webhook::basic_auth_matches(authorization, expected));
+        if authorized {
+            Ok(())
+        } else {
+            Err(rejected(
                 ProviderKind::SendGrid,
-                ApiError::Unauthorized {
-                    realm: "sendgrid-inbound-parse",
+                WebhookError::Unauthenticated {
+                    realm: INBOUND_PARSE_REALM,
                 },
-            ));
+            ))
         }
-        require_media_type(request, "multipart/form-data")?;
-        let content_type = header_str(request, header::CONTENT_TYPE.as_str()).unwrap_or_default();
-        let new = sendgrid_webhook::parse_inbound(content_type, body_bytes(request)?.to_vec())
-            .await
-            .map_err(invalid)?;
-        Ok(match store_inbound(&self.store, new).await? {
-            InboundInsert::Created(m) => message_response(StatusCode::CREATED, &m),
-            InboundInsert::Duplicate(m) => message_response(StatusCode::OK, &m),
-        })
     }
 
-    async fn sendgrid_events(&self, request: &Request) -> Result<EventsOutcome, ApiError> {
+    /// `POST /webhooks/sendgrid/inbound`: an Inbound Parse post (multipart), behind
+    /// HTTP Basic credentials.
+    pub async fn sendgrid_inbound(
+        &self,
+        authorization: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<InboundInsert, WebhookError> {
+        self.check_inbound_credentials(authorization)?;
+        let new = sendgrid_webhook::parse_inbound(content_type, body)
+            .await
+            .map_err(WebhookError::Invalid)?;
+        Ok(store_inbound(&self.store, new).await?)
+    }
+
+    /// `POST /webhooks/sendgrid/events`: a signed Event Webhook batch.
+    pub async fn sendgrid_events(
+        &self,
+        signature: Option<&str>,
+        timestamp: Option<&str>,
+        body: &[u8],
+    ) -> Result<EventsOutcome, WebhookError> {
         let forbidden = |message: String| {
             rejected(
                 ProviderKind::SendGrid,
-                ApiError::Forbidden {
-                    field: sendgrid_webhook::SIGNATURE_HEADER,
+                WebhookError::SignatureRejected {
+                    header: sendgrid_webhook::SIGNATURE_HEADER,
                     message,
                 },
             )
@@ -261,20 +262,16 @@ where
                 "signed event webhooks are not configured (SENDGRID_WEBHOOK_PUBLIC_KEY)".into(),
             ));
         };
-        let body = body_bytes(request)?;
         sendgrid_webhook::verify_event_signature(
             key,
-            header_str(request, sendgrid_webhook::SIGNATURE_HEADER),
-            header_str(request, sendgrid_webhook::TIMESTAMP_HEADER),
+            signature,
+            timestamp,
             body,
             OffsetDateTime::now_utc(),
             self.sendgrid_max_age,
         )
         .map_err(|e| forbidden(e.to_string()))?;
-        let reports = sendgrid_webhook::parse_events(body).map_err(|e| ApiError::BadRequest {
-            field: Some(e.field),
-            message: e.message,
-        })?;
+        let reports = sendgrid_webhook::parse_events(body).map_err(WebhookError::Malformed)?;
         let mut outcome = EventsOutcome::default();
         for report in &reports {
             if let Some(event_id) = &report.event_id
@@ -309,7 +306,7 @@ where
 
     /// Our id of the message a report is about: echoed back by the provider
     /// (SendGrid `custom_args`), else looked up by the provider's id.
-    async fn message_of(&self, report: &StatusReport) -> Result<Option<String>, ApiError> {
+    async fn message_of(&self, report: &StatusReport) -> Result<Option<String>, WebhookError> {
         if let Some(id) = &report.message_id
             && uuid::Uuid::parse_str(id).is_ok()
         {
@@ -322,7 +319,7 @@ where
     }
 
     /// Applies a report's outcome; `true` if it moved the message.
-    async fn apply(&self, message_id: &str, report: &StatusReport) -> Result<bool, ApiError> {
+    async fn apply(&self, message_id: &str, report: &StatusReport) -> Result<bool, WebhookError> {
         let Some(transition) = report.outcome.transition() else {
             return Ok(false);
         };

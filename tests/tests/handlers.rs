@@ -3,8 +3,10 @@
 //! the functions' handlers with the real adapters against the local stack.
 
 use aws_lambda_events::event::sqs::SqsEvent;
+use axum::Router;
+use axum::body::Bytes;
 use e2e_tests::{env, private_queue, queue, store};
-use lambda_http::{Body, Response};
+use lambda_http::http::Response;
 use serde_json::Value;
 use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::{SqsQueue, batch_response, decode_body, delivery_records};
@@ -13,7 +15,8 @@ use shared::domain::{Channel, ConversationKey, Direction, Message, Status, valid
 use shared::ports::{ConversationStore, MessageStore};
 use shared::startup::Startup;
 use shared::webhooks::Webhooks;
-use shared::{api, conversations};
+use shared::{conversations, http};
+use tower::ServiceExt;
 
 fn fixture(name: &str) -> String {
     let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -25,7 +28,17 @@ fn http_event(name: &str) -> lambda_http::Request {
         .unwrap_or_else(|e| panic!("{name} is not an API Gateway event: {e}"))
 }
 
-fn json(response: &Response<Body>) -> Value {
+/// Sends a fixture through a function's router, as `lambda_http::run` does.
+async fn invoke(router: &Router, request: lambda_http::Request) -> Response<Bytes> {
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .expect("response body");
+    Response::from_parts(parts, bytes)
+}
+
+fn json(response: &Response<Bytes>) -> Value {
     serde_json::from_slice(response.body().as_ref()).expect("JSON body")
 }
 
@@ -42,14 +55,14 @@ fn error_fields(body: &Value) -> Vec<&str> {
 async fn outbound_fixtures_are_queued() {
     let store = store().await;
     let (client, url) = private_queue().await;
-    let queue = SqsQueue::new(client.clone(), &url);
+    let router = http::outbound_router(store.clone(), SqsQueue::new(client.clone(), &url));
     let mut ids = Vec::new();
     for (name, channel) in [
         ("outbound-sms.json", "sms"),
         ("outbound-mms.json", "mms"),
         ("outbound-email.json", "email"),
     ] {
-        let response = api::handle_outbound(&store, &queue, http_event(name)).await;
+        let response = invoke(&router, http_event(name)).await;
         let body = json(&response);
         assert_eq!(response.status(), 202, "{name}: {body}");
         assert_eq!(body["status"], "queued");
@@ -91,33 +104,27 @@ async fn outbound_fixtures_are_queued() {
 
 #[tokio::test]
 async fn outbound_bad_fixtures_get_4xx() {
-    let (store, queue) = (store().await, queue().await);
-    let response = api::handle_outbound(&store, &queue, http_event("outbound-invalid.json")).await;
+    let router = http::outbound_router(store().await, queue().await);
+    let response = invoke(&router, http_event("outbound-invalid.json")).await;
     assert_eq!(response.status(), 422);
     assert_eq!(
         error_fields(&json(&response)),
         vec!["from", "attachments", "body"]
     );
 
-    let response =
-        api::handle_outbound(&store, &queue, http_event("outbound-malformed-json.json")).await;
+    let response = invoke(&router, http_event("outbound-malformed-json.json")).await;
     assert_eq!(response.status(), 400);
     assert_eq!(error_fields(&json(&response)), vec!["body"]);
 
-    let response = api::handle_outbound(
-        &store,
-        &queue,
-        http_event("outbound-wrong-content-type.json"),
-    )
-    .await;
+    let response = invoke(&router, http_event("outbound-wrong-content-type.json")).await;
     assert_eq!(response.status(), 415);
     assert_eq!(error_fields(&json(&response)), vec!["content-type"]);
 }
 
 #[tokio::test]
 async fn inbound_fixture_is_stored_once() {
-    let store = store().await;
-    let first = api::handle_inbound(&store, http_event("inbound-sms.json")).await;
+    let router = http::inbound_router(store().await);
+    let first = invoke(&router, http_event("inbound-sms.json")).await;
     // The fixture's provider id may already be stored by an earlier run on the same table.
     assert!(
         matches!(first.status().as_u16(), 200 | 201),
@@ -129,7 +136,7 @@ async fn inbound_fixture_is_stored_once() {
     assert_eq!(first["direction"], "inbound");
     assert_eq!(first["messaging_provider_id"], "fixture-abc123");
 
-    let again = api::handle_inbound(&store, http_event("inbound-sms.json")).await;
+    let again = invoke(&router, http_event("inbound-sms.json")).await;
     assert_eq!(again.status(), 200);
     assert_eq!(
         json(&again)["id"],
@@ -137,8 +144,7 @@ async fn inbound_fixture_is_stored_once() {
         "a repeated provider id returns the first message"
     );
 
-    let response =
-        api::handle_inbound(&store, http_event("inbound-missing-provider-id.json")).await;
+    let response = invoke(&router, http_event("inbound-missing-provider-id.json")).await;
     assert_eq!(response.status(), 422);
     assert_eq!(
         error_fields(&json(&response)),
@@ -148,8 +154,9 @@ async fn inbound_fixture_is_stored_once() {
 
 #[tokio::test]
 async fn read_fixture_for_an_unknown_id_is_404() {
-    let response =
-        api::handle_get_message(&store().await, http_event("get-message-unknown.json")).await;
+    let startup = startup().await;
+    let router = http::read_router(startup.message_store(), startup.cursor_codec());
+    let response = invoke(&router, http_event("get-message-unknown.json")).await;
     assert_eq!(response.status(), 404);
     assert_eq!(error_fields(&json(&response)), vec!["id"]);
 }
@@ -230,11 +237,13 @@ async fn startup() -> Startup {
 
 /// The webhooks as the webhooks function builds them (Twilio auth token from the
 /// provider secret, SendGrid key and Inbound Parse credentials from the environment).
-async fn webhooks() -> Webhooks<DynamoDbStore> {
-    startup().await.webhooks().await.expect("webhooks set-up")
+async fn webhooks() -> Router {
+    let webhooks: Webhooks<DynamoDbStore> =
+        startup().await.webhooks().await.expect("webhooks set-up");
+    http::webhooks_router(webhooks)
 }
 
-fn header<'a>(response: &'a Response<Body>, name: &str) -> &'a str {
+fn header<'a>(response: &'a Response<Bytes>, name: &str) -> &'a str {
     response
         .headers()
         .get(name)
@@ -243,7 +252,7 @@ fn header<'a>(response: &'a Response<Body>, name: &str) -> &'a str {
         .expect("a text header")
 }
 
-fn assert_twiml(name: &str, response: &Response<Body>) {
+fn assert_twiml(name: &str, response: &Response<Bytes>) {
     let text = std::str::from_utf8(response.body().as_ref()).expect("text body");
     assert_eq!(response.status(), 200, "{name}: {text}");
     assert_eq!(header(response, "content-type"), "text/xml", "{name}");
@@ -280,10 +289,10 @@ async fn twilio_inbound_fixture_is_stored_once_and_answered_with_twiml() {
     );
 
     let webhooks = webhooks().await;
-    let first = webhooks.handle(event).await;
+    let first = invoke(&webhooks, event).await;
     assert_twiml("first post", &first);
     // Twilio retries a webhook it got no answer to: the same MessageSid again.
-    let again = webhooks.handle(http_event("twilio-inbound-sms.json")).await;
+    let again = invoke(&webhooks, http_event("twilio-inbound-sms.json")).await;
     assert_twiml("second post", &again);
 
     let store = store().await;
@@ -331,16 +340,12 @@ async fn forged_and_unsigned_webhook_fixtures_are_refused_and_change_nothing() {
     let webhooks = webhooks().await;
 
     // A status callback signed with another token.
-    let response = webhooks
-        .handle(http_event("twilio-status-forged.json"))
-        .await;
+    let response = invoke(&webhooks, http_event("twilio-status-forged.json")).await;
     assert_eq!(response.status(), 403, "{}", json(&response));
     assert_eq!(error_fields(&json(&response)), vec!["X-Twilio-Signature"]);
 
     // An Event Webhook post without its signature headers.
-    let response = webhooks
-        .handle(http_event("sendgrid-events-unsigned.json"))
-        .await;
+    let response = invoke(&webhooks, http_event("sendgrid-events-unsigned.json")).await;
     assert_eq!(response.status(), 403, "{}", json(&response));
     assert_eq!(
         error_fields(&json(&response)),
@@ -354,9 +359,7 @@ async fn forged_and_unsigned_webhook_fixtures_are_refused_and_change_nothing() {
     }
 
     // An Inbound Parse post without the Basic credentials: challenged, not stored.
-    let response = webhooks
-        .handle(http_event("sendgrid-inbound-unauthorized.json"))
-        .await;
+    let response = invoke(&webhooks, http_event("sendgrid-inbound-unauthorized.json")).await;
     assert_eq!(response.status(), 401, "{}", json(&response));
     assert_eq!(error_fields(&json(&response)), vec!["authorization"]);
     assert_eq!(
@@ -377,23 +380,13 @@ async fn forged_and_unsigned_webhook_fixtures_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn conversation_fixtures_get_4xx() {
     let startup = startup().await;
-    let (store, cursors) = (startup.message_store(), startup.cursor_codec());
+    let router = http::read_router(startup.message_store(), startup.cursor_codec());
 
-    let response = conversations::handle(
-        &store,
-        &cursors,
-        http_event("list-conversations-bad-limit.json"),
-    )
-    .await;
+    let response = invoke(&router, http_event("list-conversations-bad-limit.json")).await;
     assert_eq!(response.status(), 400, "{}", json(&response));
     assert_eq!(error_fields(&json(&response)), vec!["limit"]);
 
-    let response = conversations::handle(
-        &store,
-        &cursors,
-        http_event("get-conversation-unknown.json"),
-    )
-    .await;
+    let response = invoke(&router, http_event("get-conversation-unknown.json")).await;
     assert_eq!(response.status(), 404, "{}", json(&response));
     assert_eq!(error_fields(&json(&response)), vec!["id"]);
 }

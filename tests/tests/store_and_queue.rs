@@ -7,7 +7,7 @@ use std::time::Duration;
 use e2e_tests::{aws, env, marker, phone, private_queue, store, stored_with_marker};
 use serde_json::json;
 use shared::adapters::sqs::{SqsQueue, decode_body};
-use shared::api::{OutboundAccepted, accept_inbound, accept_outbound};
+use shared::api::{AcceptError, OutboundAccepted, accept_inbound, accept_outbound};
 use shared::domain::{Direction, IdempotencyKey, Message, Status, validate_outbound};
 use shared::http::ApiError;
 use shared::ports::{
@@ -311,8 +311,8 @@ async fn a_failed_enqueue_is_a_503_and_leaves_nothing_stored() {
     let err = accept_outbound(&store, &broken, payload, Some(&key))
         .await
         .expect_err("enqueue into a missing queue must fail");
-    assert!(matches!(err, ApiError::Unavailable(_)), "{err:?}");
-    assert_eq!(err.into_response().status(), 503);
+    assert!(matches!(err, AcceptError::Unavailable(_)), "{err:?}");
+    assert_eq!(ApiError::from(err).status(), 503);
     assert_eq!(
         stored_with_marker(&marker).await,
         0,
@@ -371,6 +371,6 @@ async fn concurrent_requests_with_one_idempotency_key_queue_one_message() {
     let err = accept_outbound(&store, &queue, other.as_object().unwrap(), Some(&key))
         .await
         .unwrap_err();
-    assert_eq!(err.into_response().status(), 409);
+    assert_eq!(ApiError::from(err).status(), 409);
     client.delete_queue().queue_url(&url).send().await.unwrap();
 }

@@ -7,6 +7,7 @@ mod policy;
 mod process;
 mod python;
 mod queue;
+mod routes;
 mod sam;
 mod secrets;
 mod stack;
@@ -53,6 +54,8 @@ commands:
               queue show <message-id>  one message, its lease and its state
             (`cargo xtask queue --help` for the options)
   inspect   the same as `queue stats`
+  routes    print the `cargo lambda watch` router for Cargo.toml, generated
+            from the route table (shared/src/http/routes.rs)
   bench     release builds on a fresh stack: cold starts, handler overhead, API
             latency (wrk), delivery throughput, memory, sizes -> BENCHMARKS.md
   sam-test  the functions under AWS SAM locally: sam build (x86_64), sam local
@@ -84,6 +87,7 @@ async fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]).await,
         Some("sam-image") => sam::image_command(&args[1..]),
         Some("sam-test") => sam::test(&args[1..]).await,
+        Some("routes") => routes::command(),
         Some("inspect") => queue::inspect(&args[1..]).await,
         Some("setup") => python::ensure_sam(&root())
             .and_then(|_| python::ensure_localstack(&root()))

@@ -98,32 +98,27 @@ mod tests {
     ];
 
     /// Every function's triggers, as `describe_event` writes them (README: API, layout).
-    const EXPECTED_EVENTS: &[(&str, &[&str])] = &[
-        ("OutboundFunction", &["HttpApi POST /messages/outbound"]),
-        ("InboundFunction", &["HttpApi POST /messages/inbound"]),
-        (
-            "ReadFunction",
-            &[
-                "HttpApi GET /messages/{id}",
-                "HttpApi GET /conversations",
-                "HttpApi GET /conversations/{id}",
-                "HttpApi GET /conversations/{id}/messages",
-            ],
-        ),
-        (
-            "WebhooksFunction",
-            &[
-                "HttpApi POST /webhooks/twilio/messages",
-                "HttpApi POST /webhooks/twilio/status",
-                "HttpApi POST /webhooks/sendgrid/inbound",
-                "HttpApi POST /webhooks/sendgrid/events",
-            ],
-        ),
-        (
-            DELIVERY,
-            &["SQS MessagesQueue FunctionResponseTypes=[ReportBatchItemFailures]"],
-        ),
-    ];
+    /// Each function's triggers: the HTTP routes come from the route table
+    /// (`shared::http::routes`), the delivery function's queue is fixed here.
+    fn expected_events() -> Vec<(String, BTreeSet<String>)> {
+        let mut events: Vec<(String, BTreeSet<String>)> = shared::http::Function::ALL
+            .into_iter()
+            .map(|function| {
+                let binary = function.binary();
+                let id = format!("{}{}Function", binary[..1].to_uppercase(), &binary[1..]);
+                let routes = shared::http::routes::all()
+                    .filter(|(_, route)| route.function == function)
+                    .map(|(_, route)| format!("HttpApi {} {}", route.method, route.path))
+                    .collect();
+                (id, routes)
+            })
+            .collect();
+        events.push((
+            DELIVERY.to_owned(),
+            ["SQS MessagesQueue FunctionResponseTypes=[ReportBatchItemFailures]".to_owned()].into(),
+        ));
+        events
+    }
 
     const EXPECTED_ALARMS: &[&str] = &[
         "DeadLetterQueueNotEmpty",
@@ -601,8 +596,9 @@ mod tests {
     fn event_problems(doc: &Value) -> Vec<String> {
         let mut problems = Vec::new();
         let functions = lambda_functions(doc);
+        let expected_events = expected_events();
         let expected_functions: BTreeSet<&str> =
-            EXPECTED_EVENTS.iter().map(|(id, _)| *id).collect();
+            expected_events.iter().map(|(id, _)| id.as_str()).collect();
         for function in functions.union(&expected_functions) {
             let actual: BTreeSet<String> = properties(doc, function)["Events"]
                 .as_mapping()
@@ -610,14 +606,14 @@ mod tests {
                 .flatten()
                 .map(|(_, event)| describe_event(event))
                 .collect();
-            let expected: BTreeSet<String> = EXPECTED_EVENTS
+            let expected: BTreeSet<String> = expected_events
                 .iter()
                 .find(|(id, _)| id == function)
-                .map(|(_, events)| events.iter().map(|e| (*e).to_owned()).collect())
+                .map(|(_, events)| events.clone())
                 .unwrap_or_default();
             if actual != expected {
                 problems.push(format!(
-                    "{function} is triggered by {actual:?}, the README says {expected:?}"
+                    "{function} is triggered by {actual:?}, the route table says {expected:?}"
                 ));
             }
         }

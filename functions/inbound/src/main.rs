@@ -1,15 +1,11 @@
 //! `POST /messages/inbound`: validate and store a message received from a
 //! provider, once per `messaging_provider_id`.
 
-use lambda_http::{Error, Request, service_fn};
-use shared::{api, startup::Startup};
+use lambda_http::Error;
+use shared::{http, startup::Startup};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let store = Startup::init().await?.message_store();
-    lambda_http::run(service_fn(|request: Request| {
-        let store = &store;
-        async move { Ok::<_, Error>(api::handle_inbound(store, request).await) }
-    }))
-    .await
+    let startup = Startup::init().await?;
+    lambda_http::run(http::inbound_router(startup.message_store())).await
 }

@@ -1,15 +1,11 @@
 //! `POST /messages/outbound`: validate, store as `queued`, enqueue for delivery.
 
-use lambda_http::{Error, Request, service_fn};
-use shared::{api, startup::Startup};
+use lambda_http::Error;
+use shared::{http, startup::Startup};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let startup = Startup::init().await?;
-    let (store, queue) = (startup.message_store(), startup.delivery_queue()?);
-    lambda_http::run(service_fn(|request: Request| {
-        let (store, queue) = (&store, &queue);
-        async move { Ok::<_, Error>(api::handle_outbound(store, queue, request).await) }
-    }))
-    .await
+    let router = http::outbound_router(startup.message_store(), startup.delivery_queue()?);
+    lambda_http::run(router).await
 }

@@ -1,15 +1,11 @@
 //! The provider webhooks: `POST /webhooks/twilio/{messages,status}` and
 //! `POST /webhooks/sendgrid/{inbound,events}`, each verified before use.
 
-use lambda_http::{Error, Request, service_fn};
-use shared::startup::Startup;
+use lambda_http::Error;
+use shared::{http, startup::Startup};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let webhooks = Startup::init().await?.webhooks().await?;
-    lambda_http::run(service_fn(|request: Request| {
-        let webhooks = &webhooks;
-        async move { Ok::<_, Error>(webhooks.handle(request).await) }
-    }))
-    .await
+    lambda_http::run(http::webhooks_router(webhooks)).await
 }

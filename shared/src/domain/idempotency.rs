@@ -1,14 +1,11 @@
 //! Idempotency keys: the same `Idempotency-Key` with the same request body gets
-//! the first answer again; with a different body it is a conflict.
+//! the first answer again; with a different body it is a conflict. The HTTP
+//! edge reads the key from the `Idempotency-Key` header.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use time::Duration;
 
-use super::FieldError;
-
-/// Header carrying the key (the convention Stripe and AWS Powertools users know).
-pub const HEADER: &str = "Idempotency-Key";
 /// How long a key is remembered.
 pub const RETENTION: Duration = Duration::hours(24);
 const MAX_LEN: usize = 255;
@@ -16,15 +13,17 @@ const MAX_LEN: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 
+/// A key that is empty, too long or not visible ASCII.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be 1 to {MAX_LEN} visible ASCII characters")]
+pub struct InvalidIdempotencyKey;
+
 impl IdempotencyKey {
     /// 1 to 255 visible ASCII characters.
-    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+    pub fn parse(raw: &str) -> Result<Self, InvalidIdempotencyKey> {
         let key = raw.trim();
         if key.is_empty() || key.len() > MAX_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(FieldError::new(
-                HEADER,
-                format!("must be 1 to {MAX_LEN} visible ASCII characters"),
-            ));
+            return Err(InvalidIdempotencyKey);
         }
         Ok(Self(key.to_owned()))
     }
@@ -58,8 +57,11 @@ mod tests {
         );
         assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
         for bad in ["", "   ", "has space", "ünïcode", &"k".repeat(256)] {
-            let err = IdempotencyKey::parse(bad).unwrap_err();
-            assert_eq!(err.field, HEADER, "{bad:?}");
+            assert_eq!(
+                IdempotencyKey::parse(bad),
+                Err(InvalidIdempotencyKey),
+                "{bad:?}"
+            );
         }
     }
 

@@ -1,5 +1,6 @@
 //! The messaging domain: pure types and rules, no AWS or HTTP types.
 
+pub mod access;
 pub mod conversation;
 mod history;
 pub mod idempotency;
@@ -9,6 +10,7 @@ mod retry;
 mod status;
 pub mod validation;
 
+pub use access::Scope;
 pub use conversation::{Conversation, ConversationKey, LastMessage};
 pub use history::HistoryEntry;
 pub use idempotency::IdempotencyKey;

@@ -1,0 +1,127 @@
+//! `POST /messages/outbound`, `POST /messages/inbound`, `GET /messages/{id}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use tracing::warn;
+
+use crate::api::{self, OutboundAccepted};
+use crate::domain::{IdempotencyKey, Message};
+use crate::ports::{ConversationStore, DeliveryQueue, InboundInsert, MessageStore};
+
+use super::{
+    ApiError, Function, IDEMPOTENCY_KEY, JsonObject, Operation, Routes, header_str, json_response,
+    raw_json_response,
+};
+
+struct Outbound<S, Q> {
+    store: S,
+    queue: Q,
+}
+
+/// The outbound function's router: `POST /messages/outbound`.
+pub fn outbound_router<S, Q>(store: S, queue: Q) -> Router
+where
+    S: MessageStore + ConversationStore + 'static,
+    Q: DeliveryQueue + 'static,
+{
+    Routes::new(Function::Outbound)
+        .serve(Operation::SendMessage, send_message::<S, Q>)
+        .finish(Arc::new(Outbound { store, queue }))
+}
+
+/// The inbound function's router: `POST /messages/inbound`.
+pub fn inbound_router<S>(store: S) -> Router
+where
+    S: MessageStore + ConversationStore + 'static,
+{
+    Routes::new(Function::Inbound)
+        .serve(Operation::RecordInbound, record_inbound::<S>)
+        .finish(Arc::new(store))
+}
+
+/// 202 with the queued message and its `Location`; a replay of an idempotent
+/// request gets the first answer again, marked `Idempotent-Replayed: true`.
+async fn send_message<S, Q>(
+    State(app): State<Arc<Outbound<S, Q>>>,
+    headers: HeaderMap,
+    JsonObject(payload): JsonObject,
+) -> Result<Response, ApiError>
+where
+    S: MessageStore + ConversationStore,
+    Q: DeliveryQueue,
+{
+    let key = header_str(&headers, IDEMPOTENCY_KEY)
+        .map(|value| {
+            IdempotencyKey::parse(value)
+                .map_err(|e| ApiError::bad_request(IDEMPOTENCY_KEY, e.to_string()))
+        })
+        .transpose()?;
+    Ok(
+        match api::accept_outbound(&app.store, &app.queue, &payload, key.as_ref()).await? {
+            OutboundAccepted::Queued(m) => message_response(StatusCode::ACCEPTED, &m),
+            OutboundAccepted::Replayed {
+                message_id,
+                response,
+            } => {
+                let mut replay = raw_json_response(StatusCode::ACCEPTED, response);
+                set_location(&mut replay, &message_id);
+                replay
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                replay
+            }
+        },
+    )
+}
+
+/// 201 with the stored message, or 200 with the message already stored under
+/// the same `messaging_provider_id`.
+async fn record_inbound<S>(
+    State(store): State<Arc<S>>,
+    JsonObject(payload): JsonObject,
+) -> Result<Response, ApiError>
+where
+    S: MessageStore + ConversationStore,
+{
+    Ok(inserted_response(
+        api::accept_inbound(store.as_ref(), &payload).await?,
+    ))
+}
+
+/// `GET /messages/{id}`: 200 with the message, 404 if unknown.
+pub(super) async fn get_message<S: MessageStore>(
+    store: &S,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let message = api::find_message(store, &id).await?;
+    Ok(message_response(StatusCode::OK, &message))
+}
+
+/// 201 with a newly stored inbound message, 200 with the one stored before.
+pub(super) fn inserted_response(insert: InboundInsert) -> Response {
+    match insert {
+        InboundInsert::Created(m) => message_response(StatusCode::CREATED, &m),
+        InboundInsert::Duplicate(m) => message_response(StatusCode::OK, &m),
+    }
+}
+
+fn message_response(status: StatusCode, message: &Message) -> Response {
+    let mut response = json_response(status, message);
+    if status != StatusCode::OK {
+        set_location(&mut response, &message.id);
+    }
+    response
+}
+
+fn set_location(response: &mut Response, message_id: &str) {
+    match HeaderValue::try_from(format!("/messages/{message_id}")) {
+        Ok(location) => {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Err(e) => warn!(error = %e, "message id is not a valid header value"),
+    }
+}

@@ -1,0 +1,148 @@
+//! The webhooks function's router: the provider posts, each verified by the
+//! use case in [`crate::webhooks`] before anything is read from it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::adapters::{sendgrid_webhook, twilio_webhook};
+use crate::ports::{ConversationStore, MessageStore, ReportStore};
+use crate::webhooks::{RequestOrigin, TwilioPost, Webhooks};
+
+use super::{
+    ApiError, Function, LimitedBody, Operation, Routes, header_str, json_response,
+    media_type_essence, messages::inserted_response,
+};
+
+/// The webhooks function's router.
+pub fn webhooks_router<S>(webhooks: Webhooks<S>) -> Router
+where
+    S: MessageStore + ConversationStore + ReportStore + 'static,
+{
+    Routes::new(Function::Webhooks)
+        .serve(Operation::TwilioMessage, twilio_message::<S>)
+        .serve(Operation::TwilioStatus, twilio_status::<S>)
+        .serve(Operation::SendGridInbound, sendgrid_inbound::<S>)
+        .serve(Operation::SendGridEvents, sendgrid_events::<S>)
+        .finish(Arc::new(webhooks))
+}
+
+type App<S> = State<Arc<Webhooks<S>>>;
+
+fn require_media_type(headers: &HeaderMap, expected: &'static str) -> Result<(), ApiError> {
+    let declared =
+        media_type_essence(header_str(headers, header::CONTENT_TYPE.as_str()).unwrap_or_default());
+    if declared == expected {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType { declared, expected })
+    }
+}
+
+/// An empty TwiML answer: Twilio sends no reply.
+fn twiml() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))],
+        twilio_webhook::EMPTY_TWIML,
+    )
+        .into_response()
+}
+
+fn twilio_post<'a, S>(
+    webhooks: &Webhooks<S>,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+) -> Result<TwilioPost<'a>, ApiError>
+where
+    S: MessageStore + ConversationStore + ReportStore,
+{
+    require_media_type(headers, "application/x-www-form-urlencoded")?;
+    let origin = RequestOrigin {
+        scheme: header_str(headers, "x-forwarded-proto")
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .or(uri.scheme_str()),
+        host: header_str(headers, "host").or(uri.authority().map(|a| a.as_str())),
+        path_and_query: uri
+            .path_and_query()
+            .map_or_else(|| uri.path(), |pq| pq.as_str()),
+    };
+    Ok(TwilioPost {
+        urls: webhooks.twilio_urls(&origin),
+        signature: header_str(headers, twilio_webhook::SIGNATURE_HEADER),
+        form: body,
+    })
+}
+
+/// `POST /webhooks/twilio/messages`: an inbound SMS/MMS → empty TwiML.
+async fn twilio_message<S>(
+    State(webhooks): App<S>,
+    uri: Uri,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError>
+where
+    S: MessageStore + ConversationStore + ReportStore,
+{
+    let post = twilio_post(&webhooks, &uri, &headers, &body)?;
+    webhooks.twilio_message(post).await?;
+    Ok(twiml())
+}
+
+/// `POST /webhooks/twilio/status`: a status callback → empty TwiML.
+async fn twilio_status<S>(
+    State(webhooks): App<S>,
+    uri: Uri,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError>
+where
+    S: MessageStore + ConversationStore + ReportStore,
+{
+    let post = twilio_post(&webhooks, &uri, &headers, &body)?;
+    webhooks.twilio_status(post).await?;
+    Ok(twiml())
+}
+
+/// `POST /webhooks/sendgrid/inbound`: 201 with the stored email, 200 if stored before.
+async fn sendgrid_inbound<S>(
+    State(webhooks): App<S>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError>
+where
+    S: MessageStore + ConversationStore + ReportStore,
+{
+    let authorization = header_str(&headers, header::AUTHORIZATION.as_str());
+    let content_type = header_str(&headers, header::CONTENT_TYPE.as_str()).unwrap_or_default();
+    // Credentials first: an unauthenticated caller learns nothing about the body.
+    webhooks.check_inbound_credentials(authorization)?;
+    require_media_type(&headers, "multipart/form-data")?;
+    let insert = webhooks
+        .sendgrid_inbound(authorization, content_type, body.to_vec())
+        .await?;
+    Ok(inserted_response(insert))
+}
+
+/// `POST /webhooks/sendgrid/events`: 200 with what the batch did.
+async fn sendgrid_events<S>(
+    State(webhooks): App<S>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError>
+where
+    S: MessageStore + ConversationStore + ReportStore,
+{
+    let outcome = webhooks
+        .sendgrid_events(
+            header_str(&headers, sendgrid_webhook::SIGNATURE_HEADER),
+            header_str(&headers, sendgrid_webhook::TIMESTAMP_HEADER),
+            &body,
+        )
+        .await?;
+    Ok(json_response(StatusCode::OK, &outcome))
+}
