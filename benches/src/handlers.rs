@@ -18,8 +18,8 @@ use shared::delivery::{Deliverer, DeliveryRecord};
 use shared::domain::{Direction, Message, RetryPolicy, Status, validate_outbound};
 use shared::http::json_object_body;
 use shared::ports::{
-    Accepted, Claim, Completion, DeliveryQueue, IdempotencyRecord, InboundInsert, Lease,
-    MessageStore, OutboundInsert, Provider, ProviderError, QueueError, StoreError,
+    Accepted, Claim, Completion, DeliveryQueue, DeliveryStore, Lease, Provider, ProviderError,
+    QueueError, QueueVisibility, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -74,36 +74,12 @@ fn outbound(c: &mut Criterion) {
 
 // ---- delivery fakes: answer at once, remember nothing -----------------------------
 
-/// A store whose every claim succeeds with `message` and every completion is recorded.
+/// A store whose every claim succeeds with `message` and every completion is accepted.
 struct InstantStore {
     message: Message,
 }
 
-impl MessageStore for InstantStore {
-    async fn insert_outbound(
-        &self,
-        _message: &Message,
-        _idempotency: Option<&IdempotencyRecord>,
-    ) -> Result<OutboundInsert, StoreError> {
-        Ok(OutboundInsert::Created)
-    }
-
-    async fn insert_inbound(&self, message: &Message) -> Result<InboundInsert, StoreError> {
-        Ok(InboundInsert::Created(message.clone()))
-    }
-
-    async fn get(&self, _id: &str) -> Result<Option<Message>, StoreError> {
-        Ok(Some(self.message.clone()))
-    }
-
-    async fn remove_queued(
-        &self,
-        _id: &str,
-        _idempotency_key: Option<&str>,
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-
+impl DeliveryStore for InstantStore {
     async fn claim(
         &self,
         id: &str,
@@ -133,7 +109,9 @@ impl DeliveryQueue for InstantQueue {
     async fn enqueue(&self, _message_id: &str, _delay: Duration) -> Result<(), QueueError> {
         Ok(())
     }
+}
 
+impl QueueVisibility for InstantQueue {
     async fn postpone(&self, _receipt_handle: &str, _delay: Duration) -> Result<(), QueueError> {
         Ok(())
     }

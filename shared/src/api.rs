@@ -15,8 +15,7 @@ use crate::domain::{
 use crate::http::{ApiError, json_object_body, json_response, path_id, raw_json_response};
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
-    ConversationStore, DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore,
-    OutboundInsert,
+    ConversationLog, DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore, OutboundInsert,
 };
 
 /// The answer to an accepted outbound request.
@@ -37,7 +36,7 @@ pub enum OutboundAccepted {
 /// never acknowledged unless it is on its way. With an idempotency key, a repeat of
 /// the same body gets the first answer and a different body a 409.
 pub async fn accept_outbound(
-    store: &(impl MessageStore + ConversationStore),
+    store: &(impl MessageStore + ConversationLog),
     queue: &impl DeliveryQueue,
     payload: &Map<String, Value>,
     key: Option<&IdempotencyKey>,
@@ -92,7 +91,7 @@ pub async fn accept_outbound(
 
 /// Validates and stores an inbound message, once per `messaging_provider_id`.
 pub async fn accept_inbound(
-    store: &(impl MessageStore + ConversationStore),
+    store: &(impl MessageStore + ConversationLog),
     payload: &Map<String, Value>,
 ) -> Result<InboundInsert, ApiError> {
     let new = validate_inbound(payload).map_err(rejected)?;
@@ -102,7 +101,7 @@ pub async fn accept_inbound(
 /// Stores a validated inbound message (from the API or a provider webhook) once
 /// per `messaging_provider_id`, and counts it in its conversation.
 pub async fn store_inbound(
-    store: &(impl MessageStore + ConversationStore),
+    store: &(impl MessageStore + ConversationLog),
     new: NewMessage,
 ) -> Result<InboundInsert, ApiError> {
     let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
@@ -126,7 +125,7 @@ pub async fn store_inbound(
 /// already stored (and listed among the conversation's messages); a failure
 /// here leaves only the summary behind, so it is logged and counted, and the
 /// request still succeeds.
-async fn record_in_conversation(store: &impl ConversationStore, message: &Message) {
+async fn record_in_conversation(store: &impl ConversationLog, message: &Message) {
     if let Err(e) = store.record_in_conversation(message).await {
         error!(
             message_id = %message.id,
@@ -158,7 +157,7 @@ pub async fn find_message(store: &impl MessageStore, id: &str) -> Result<Message
 
 /// `POST /messages/outbound` → 202 with the queued message and its `Location`.
 pub async fn handle_outbound(
-    store: &(impl MessageStore + ConversationStore),
+    store: &(impl MessageStore + ConversationLog),
     queue: &impl DeliveryQueue,
     request: Request,
 ) -> Response<Body> {
@@ -200,7 +199,7 @@ pub async fn handle_outbound(
 /// `POST /messages/inbound` → 201 with the stored message, or 200 with the message
 /// already stored under the same `messaging_provider_id`.
 pub async fn handle_inbound(
-    store: &(impl MessageStore + ConversationStore),
+    store: &(impl MessageStore + ConversationLog),
     request: Request,
 ) -> Response<Body> {
     let span = request_span(&request);
@@ -262,7 +261,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::testing::{Capture, dimension_sets};
-    use crate::ports::{Claim, Completion, Lease, QueueError, StoreError};
+    use crate::ports::{QueueError, StoreError};
 
     /// Messages and idempotency records in memory.
     #[derive(Default)]
@@ -273,39 +272,13 @@ mod tests {
         in_conversations: Mutex<Vec<String>>,
     }
 
-    /// Only what the accept paths use: counting a message in its conversation.
-    impl ConversationStore for MemoryStore {
+    impl ConversationLog for MemoryStore {
         async fn record_in_conversation(&self, message: &Message) -> Result<(), StoreError> {
             self.in_conversations
                 .lock()
                 .unwrap()
                 .push(message.id.clone());
             Ok(())
-        }
-
-        async fn conversation(
-            &self,
-            _id: &str,
-        ) -> Result<Option<crate::domain::Conversation>, StoreError> {
-            unimplemented!("not used by the accept paths")
-        }
-
-        async fn conversations_of(
-            &self,
-            _participant: &str,
-            _limit: usize,
-            _after: Option<&crate::ports::Position>,
-        ) -> Result<crate::ports::Page<crate::domain::Conversation>, StoreError> {
-            unimplemented!("not used by the accept paths")
-        }
-
-        async fn conversation_messages(
-            &self,
-            _id: &str,
-            _limit: usize,
-            _after: Option<&crate::ports::Position>,
-        ) -> Result<crate::ports::Page<Message>, StoreError> {
-            unimplemented!("not used by the accept paths")
         }
     }
 
@@ -357,25 +330,6 @@ mod tests {
             }
             Ok(())
         }
-
-        async fn claim(
-            &self,
-            _id: &str,
-            _lease: &Lease,
-            _now: OffsetDateTime,
-        ) -> Result<Claim, StoreError> {
-            unreachable!("the API never delivers")
-        }
-
-        async fn complete(
-            &self,
-            _id: &str,
-            _lease_id: &str,
-            _completion: &Completion,
-            _now: OffsetDateTime,
-        ) -> Result<(), StoreError> {
-            unreachable!("the API never delivers")
-        }
     }
 
     /// A queue that records what is enqueued, or refuses everything.
@@ -392,14 +346,6 @@ mod tests {
             }
             self.enqueued.lock().unwrap().push(message_id.to_owned());
             Ok(())
-        }
-
-        async fn postpone(
-            &self,
-            _receipt_handle: &str,
-            _delay: Duration,
-        ) -> Result<(), QueueError> {
-            unreachable!("the API never postpones")
         }
     }
 

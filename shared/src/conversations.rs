@@ -11,7 +11,7 @@ use crate::domain::conversation::{is_conversation_id, is_sort_key, normalize_par
 use crate::domain::validation::{is_e164, is_email};
 use crate::domain::{Conversation, Message};
 use crate::http::{ApiError, json_response, path_id};
-use crate::ports::{ConversationStore, Page, Position};
+use crate::ports::{ConversationReader, Page, Position};
 
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 200;
@@ -103,7 +103,7 @@ fn listing<T>(cursors: &CursorCodec, scope: &str, page: Page<T>) -> Listing<T> {
 
 /// A participant's conversations, most recent activity first.
 pub async fn list_conversations(
-    store: &impl ConversationStore,
+    store: &impl ConversationReader,
     cursors: &CursorCodec,
     participant: Option<&str>,
     limit: Option<&str>,
@@ -127,7 +127,7 @@ fn unknown_conversation(id: &str) -> ApiError {
 }
 
 pub async fn find_conversation(
-    store: &impl ConversationStore,
+    store: &impl ConversationReader,
     id: &str,
 ) -> Result<Conversation, ApiError> {
     if !is_conversation_id(id) {
@@ -141,7 +141,7 @@ pub async fn find_conversation(
 
 /// A conversation's messages in timestamp order, both directions.
 pub async fn list_messages(
-    store: &impl ConversationStore,
+    store: &impl ConversationReader,
     cursors: &CursorCodec,
     id: &str,
     limit: Option<&str>,
@@ -178,7 +178,7 @@ fn query<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
 /// Routes `GET /conversations`, `/conversations/{id}` and
 /// `/conversations/{id}/messages` (with or without a trailing slash).
 pub async fn handle(
-    store: &impl ConversationStore,
+    store: &impl ConversationReader,
     cursors: &CursorCodec,
     request: Request,
 ) -> Response<Body> {

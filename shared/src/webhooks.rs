@@ -27,7 +27,7 @@ use crate::config::WebhookConfig;
 use crate::domain::{FieldError, ProviderKind, ReportedOutcome, StatusReport};
 use crate::http::{ApiError, json_response, media_type_essence};
 use crate::metrics::{self, Metric, dimension, name};
-use crate::ports::{ConversationStore, InboundInsert, MessageStore, ReportApplied, ReportStore};
+use crate::ports::{ConversationLog, InboundInsert, MessageStore, ReportApplied, ReportStore};
 
 /// What a SendGrid event batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -96,7 +96,7 @@ fn body_bytes(request: &Request) -> Result<&[u8], ApiError> {
 
 impl<S> Webhooks<S>
 where
-    S: MessageStore + ConversationStore + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore,
 {
     /// `SENDGRID_WEBHOOK_PUBLIC_KEY` must parse if it is set.
     pub fn new(store: S, twilio_auth_token: &str, config: &WebhookConfig) -> Result<Self, String> {

@@ -19,7 +19,7 @@ use futures::future::try_join_all;
 use super::{DynamoDbStore, Item, rfc3339, s, to_message, unavailable};
 use crate::domain::conversation::{LastMessage, sort_key};
 use crate::domain::{Conversation, ConversationKey, Message};
-use crate::ports::{ConversationStore, Page, Position, StoreError};
+use crate::ports::{ConversationLog, ConversationReader, Page, Position, StoreError};
 
 /// A GSI read path: its keys and its order.
 struct IndexQuery {
@@ -194,7 +194,7 @@ fn to_conversation(item: Item) -> Result<Conversation, StoreError> {
     serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-impl ConversationStore for DynamoDbStore {
+impl ConversationLog for DynamoDbStore {
     async fn record_in_conversation(&self, message: &Message) -> Result<(), StoreError> {
         let key = ConversationKey::new(message.channel, &message.from, &message.to);
         let last_message = LastMessage::of(message);
@@ -231,7 +231,9 @@ impl ConversationStore for DynamoDbStore {
         try_join_all(updates).await?;
         Ok(())
     }
+}
 
+impl ConversationReader for DynamoDbStore {
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
         self.get_item(Self::conversation_key(id))
             .await?

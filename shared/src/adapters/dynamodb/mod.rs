@@ -32,8 +32,8 @@ use time::format_description::well_known::Rfc3339;
 use crate::domain::conversation::sort_key;
 use crate::domain::{Message, Status};
 use crate::ports::{
-    Claim, Completion, IdempotencyRecord, InboundInsert, Lease, MessageStore, OutboundInsert,
-    StoreError,
+    Claim, Completion, DeliveryStore, IdempotencyRecord, InboundInsert, Lease, MessageStore,
+    OutboundInsert, StoreError,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -320,7 +320,9 @@ impl MessageStore for DynamoDbStore {
             })?;
         Ok(())
     }
+}
 
+impl DeliveryStore for DynamoDbStore {
     async fn claim(
         &self,
         id: &str,
