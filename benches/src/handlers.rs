@@ -21,6 +21,7 @@ use shared::ports::{
     Accepted, Claim, Completion, DeliveryQueue, DeliveryStore, Lease, Provider, ProviderError,
     QueueError, QueueVisibility, StoreError,
 };
+use shared::views::MessageView;
 use time::OffsetDateTime;
 
 const OUTBOUND_SMS: &str = include_str!("../../events/outbound-sms.json");
@@ -50,7 +51,7 @@ fn accept(request: &Request) -> String {
     let payload = json_object_body(request).expect("a JSON object");
     let new = validate_outbound(&payload).expect("a valid message");
     let message = Message::accept(new, Direction::Outbound, OffsetDateTime::now_utc());
-    serde_json::to_string(&message).expect("serializable")
+    serde_json::to_string(&MessageView::from(&message)).expect("serializable")
 }
 
 fn outbound(c: &mut Criterion) {

@@ -17,6 +17,7 @@ use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
     ConversationLog, DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore, OutboundInsert,
 };
+use crate::views::MessageView;
 
 /// The answer to an accepted outbound request.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +49,7 @@ pub async fn accept_outbound(
         key: key.as_str().to_owned(),
         fingerprint: fingerprint(payload),
         message_id: message.id.clone(),
-        response: serde_json::to_string(&message).unwrap_or_default(),
+        response: serde_json::to_string(&MessageView::from(&message)).unwrap_or_default(),
         expires_at: now + idempotency::RETENTION,
     });
     if let OutboundInsert::KeyUsed(first) = store.insert_outbound(&message, record.as_ref()).await?
@@ -227,7 +228,7 @@ pub async fn handle_get_message(store: &impl MessageStore, request: Request) -> 
 }
 
 pub(crate) fn message_response(status: StatusCode, message: &Message) -> Response<Body> {
-    let mut response = json_response(status, message);
+    let mut response = json_response(status, &MessageView::from(message));
     if status != StatusCode::OK {
         set_location(&mut response, &message.id);
     }

@@ -12,6 +12,7 @@ use crate::domain::validation::{is_e164, is_email};
 use crate::domain::{Conversation, Message};
 use crate::http::{ApiError, json_response, path_id};
 use crate::ports::{ConversationReader, Page, Position};
+use crate::views::{ConversationView, MessageView};
 
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 200;
@@ -25,14 +26,14 @@ pub struct Listing<T> {
 
 #[derive(Serialize)]
 struct ConversationsBody<'a> {
-    conversations: &'a [Conversation],
+    conversations: Vec<ConversationView>,
     next_cursor: Option<&'a str>,
 }
 
 #[derive(Serialize)]
 struct MessagesBody<'a> {
     conversation_id: &'a str,
-    messages: &'a [Message],
+    messages: Vec<MessageView>,
     next_cursor: Option<&'a str>,
 }
 
@@ -199,7 +200,7 @@ pub async fn handle(
                 let mut response = json_response(
                     StatusCode::OK,
                     &ConversationsBody {
-                        conversations: &page.items,
+                        conversations: page.items.iter().map(ConversationView::from).collect(),
                         next_cursor: page.next_cursor.as_deref(),
                     },
                 );
@@ -219,7 +220,10 @@ pub async fn handle(
             }
             ["conversations", _] => {
                 let conversation = find_conversation(store, &path_id(&request)).await?;
-                Ok(json_response(StatusCode::OK, &conversation))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &ConversationView::from(&conversation),
+                ))
             }
             ["conversations", _, "messages"] => {
                 let id = path_id(&request);
@@ -235,7 +239,7 @@ pub async fn handle(
                     StatusCode::OK,
                     &MessagesBody {
                         conversation_id: &id,
-                        messages: &page.items,
+                        messages: page.items.iter().map(MessageView::from).collect(),
                         next_cursor: page.next_cursor.as_deref(),
                     },
                 );

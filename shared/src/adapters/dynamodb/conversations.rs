@@ -16,6 +16,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::try_join_all;
 
+use super::item::{ConversationItem, LastMessageItem};
 use super::{DynamoDbStore, Item, rfc3339, s, to_message, unavailable};
 use crate::domain::conversation::{LastMessage, sort_key};
 use crate::domain::{Conversation, ConversationKey, Message};
@@ -191,7 +192,9 @@ struct SummaryValues {
 }
 
 fn to_conversation(item: Item) -> Result<Conversation, StoreError> {
-    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_dynamo::from_item::<_, ConversationItem>(item)
+        .map(Conversation::from)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 impl ConversationLog for DynamoDbStore {
@@ -199,7 +202,7 @@ impl ConversationLog for DynamoDbStore {
         let key = ConversationKey::new(message.channel, &message.from, &message.to);
         let last_message = LastMessage::of(message);
         let preview = last_message.preview.clone();
-        let last = serde_dynamo::to_attribute_value(last_message)
+        let last = serde_dynamo::to_attribute_value(LastMessageItem::from(&last_message))
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let summary = SummaryValues {
             id: message.conversation_id.clone(),

@@ -1,7 +1,7 @@
 //! The message store on DynamoDB (single table, partition key `pk`).
 //!
 //! Items:
-//! - `MSG#<id>`: a message (its API fields, plus `lease_id`/`lease_expires_at`
+//! - `MSG#<id>`: a message (`item::MessageItem`, plus `lease_id`/`lease_expires_at`
 //!   while a delivery attempt holds it);
 //! - `INBOUND#<messaging_provider_id>`: uniqueness guard of an inbound message,
 //!   written in the same transaction as the message;
@@ -19,6 +19,7 @@
 
 mod condition;
 mod conversations;
+mod item;
 mod reports;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use self::condition::{condition, target};
+use self::item::MessageItem;
 use crate::domain::conversation::sort_key;
 use crate::domain::{Message, Status, Transition};
 use crate::ports::{
@@ -64,8 +66,8 @@ impl DynamoDbStore {
 
     /// The item a message is stored as.
     pub fn message_item(message: &Message) -> Result<Item, StoreError> {
-        let mut item: Item =
-            serde_dynamo::to_item(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut item: Item = serde_dynamo::to_item(MessageItem::from(message))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         item.insert("pk".into(), Self::message_key(&message.id));
         item.insert(
             "conversation_sort".into(),
@@ -153,7 +155,9 @@ fn unavailable<E: std::error::Error>(e: E) -> StoreError {
 }
 
 fn to_message(item: Item) -> Result<Message, StoreError> {
-    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_dynamo::from_item::<_, MessageItem>(item)
+        .map(Message::from)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
