@@ -194,13 +194,16 @@ mod tests {
         Status::Received,
     ];
 
+    /// A transition, its origins (status and lease rule) and its target.
+    type Row = (Transition, &'static [(Status, LeaseRule)], Option<Status>);
+
     /// The table of allowed moves, spelled out: from which statuses (with their
     /// lease rules) each transition starts, and where it ends.
     #[test]
     fn the_table_of_allowed_moves() {
         use LeaseRule::{Any, Expired, Held};
         use Status::*;
-        let table: [(Transition, &[(Status, LeaseRule)], Option<Status>); 7] = [
+        let table: [Row; 7] = [
             (
                 Transition::Claim,
                 &[(Queued, Any), (Sending, Expired)],
