@@ -18,7 +18,9 @@ use shared::adapters::aws_config;
 use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::SqsQueue;
 use shared::domain::{Direction, Message, validate_outbound};
-use shared::ports::{Claim, Completion, ConversationStore, DeliveryQueue, Lease, MessageStore};
+use shared::ports::{
+    Claim, Completion, ConversationLog, DeliveryQueue, DeliveryStore, Lease, MessageStore,
+};
 use time::OffsetDateTime;
 
 const CONCURRENCY: [usize; 2] = [1, 16];

@@ -12,9 +12,10 @@ use crate::domain::{
 };
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
-    ConversationStore, DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore,
-    OutboundInsert, QueueError, StoreError,
+    ConversationLog, DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore, OutboundInsert,
+    QueueError, StoreError,
 };
+use crate::views::MessageView;
 
 /// Why a message was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +106,7 @@ pub enum OutboundAccepted {
 /// never acknowledged unless it is on its way. With an idempotency key, a repeat of
 /// the same body gets the first answer and a different body a 409.
 pub async fn accept_outbound(
-    store: &(impl MessageStore + ConversationStore),
+    store: &(impl MessageStore + ConversationLog),
     queue: &impl DeliveryQueue,
     payload: &Map<String, Value>,
     key: Option<&IdempotencyKey>,
@@ -117,7 +118,7 @@ pub async fn accept_outbound(
         key: key.as_str().to_owned(),
         fingerprint: fingerprint(payload),
         message_id: message.id.clone(),
-        response: serde_json::to_string(&message).unwrap_or_default(),
+        response: serde_json::to_string(&MessageView::from(&message)).unwrap_or_default(),
         expires_at: now + idempotency::RETENTION,
     });
     if let OutboundInsert::KeyUsed(first) = store.insert_outbound(&message, record.as_ref()).await?
@@ -158,7 +159,7 @@ pub async fn accept_outbound(
 
 /// Validates and stores an inbound message, once per `messaging_provider_id`.
 pub async fn accept_inbound(
-    store: &(impl MessageStore + ConversationStore),
+    store: &(impl MessageStore + ConversationLog),
     payload: &Map<String, Value>,
 ) -> Result<InboundInsert, AcceptError> {
     let new = validate_inbound(payload).map_err(rejected)?;
@@ -168,7 +169,7 @@ pub async fn accept_inbound(
 /// Stores a validated inbound message (from the API or a provider webhook) once
 /// per `messaging_provider_id`, and counts it in its conversation.
 pub async fn store_inbound(
-    store: &(impl MessageStore + ConversationStore),
+    store: &(impl MessageStore + ConversationLog),
     new: NewMessage,
 ) -> Result<InboundInsert, StoreError> {
     let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
@@ -192,7 +193,7 @@ pub async fn store_inbound(
 /// already stored (and listed among the conversation's messages); a failure
 /// here leaves only the summary behind, so it is logged and counted, and the
 /// request still succeeds.
-async fn record_in_conversation(store: &impl ConversationStore, message: &Message) {
+async fn record_in_conversation(store: &impl ConversationLog, message: &Message) {
     if let Err(e) = store.record_in_conversation(message).await {
         error!(
             message_id = %message.id,
@@ -232,7 +233,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::testing::{Capture, dimension_sets};
-    use crate::ports::{Claim, Completion, Lease, QueueError, StoreError};
+    use crate::ports::{QueueError, StoreError};
 
     /// Messages and idempotency records in memory.
     #[derive(Default)]
@@ -243,39 +244,13 @@ mod tests {
         in_conversations: Mutex<Vec<String>>,
     }
 
-    /// Only what the accept paths use: counting a message in its conversation.
-    impl ConversationStore for MemoryStore {
+    impl ConversationLog for MemoryStore {
         async fn record_in_conversation(&self, message: &Message) -> Result<(), StoreError> {
             self.in_conversations
                 .lock()
                 .unwrap()
                 .push(message.id.clone());
             Ok(())
-        }
-
-        async fn conversation(
-            &self,
-            _id: &str,
-        ) -> Result<Option<crate::domain::Conversation>, StoreError> {
-            unimplemented!("not used by the accept paths")
-        }
-
-        async fn conversations_of(
-            &self,
-            _participant: &str,
-            _limit: usize,
-            _after: Option<&crate::ports::Position>,
-        ) -> Result<crate::ports::Page<crate::domain::Conversation>, StoreError> {
-            unimplemented!("not used by the accept paths")
-        }
-
-        async fn conversation_messages(
-            &self,
-            _id: &str,
-            _limit: usize,
-            _after: Option<&crate::ports::Position>,
-        ) -> Result<crate::ports::Page<Message>, StoreError> {
-            unimplemented!("not used by the accept paths")
         }
     }
 
@@ -327,25 +302,6 @@ mod tests {
             }
             Ok(())
         }
-
-        async fn claim(
-            &self,
-            _id: &str,
-            _lease: &Lease,
-            _now: OffsetDateTime,
-        ) -> Result<Claim, StoreError> {
-            unreachable!("the API never delivers")
-        }
-
-        async fn complete(
-            &self,
-            _id: &str,
-            _lease_id: &str,
-            _completion: &Completion,
-            _now: OffsetDateTime,
-        ) -> Result<(), StoreError> {
-            unreachable!("the API never delivers")
-        }
     }
 
     /// A queue that records what is enqueued, or refuses everything.
@@ -362,14 +318,6 @@ mod tests {
             }
             self.enqueued.lock().unwrap().push(message_id.to_owned());
             Ok(())
-        }
-
-        async fn postpone(
-            &self,
-            _receipt_handle: &str,
-            _delay: Duration,
-        ) -> Result<(), QueueError> {
-            unreachable!("the API never postpones")
         }
     }
 

@@ -6,7 +6,7 @@ use crate::cursor::CursorCodec;
 use crate::domain::conversation::{is_conversation_id, is_sort_key, normalize_participant};
 use crate::domain::validation::{is_e164, is_email};
 use crate::domain::{Conversation, Message};
-use crate::ports::{ConversationStore, Page, Position};
+use crate::ports::{ConversationReader, Page, Position};
 
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 200;
@@ -82,7 +82,7 @@ fn listing<T>(cursors: &CursorCodec, scope: &str, page: Page<T>) -> Listing<T> {
 
 /// A participant's conversations, most recent activity first.
 pub async fn list_conversations(
-    store: &impl ConversationStore,
+    store: &impl ConversationReader,
     cursors: &CursorCodec,
     participant: Option<&str>,
     limit: Option<&str>,
@@ -106,7 +106,7 @@ fn unknown_conversation(id: &str) -> ReadError {
 }
 
 pub async fn find_conversation(
-    store: &impl ConversationStore,
+    store: &impl ConversationReader,
     id: &str,
 ) -> Result<Conversation, ReadError> {
     if !is_conversation_id(id) {
@@ -120,7 +120,7 @@ pub async fn find_conversation(
 
 /// A conversation's messages in timestamp order, both directions.
 pub async fn list_messages(
-    store: &impl ConversationStore,
+    store: &impl ConversationReader,
     cursors: &CursorCodec,
     id: &str,
     limit: Option<&str>,

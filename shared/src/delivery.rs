@@ -10,7 +10,8 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::domain::RetryPolicy;
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
-    Claim, Completion, DeliveryQueue, Lease, MessageStore, Provider, ProviderError, StoreError,
+    Claim, Completion, DeliveryQueue, DeliveryStore, Lease, Provider, ProviderError,
+    QueueVisibility, StoreError,
 };
 
 /// One received queue message, as the delivery logic needs it.
@@ -45,7 +46,7 @@ pub struct Deliverer<S, Q, P> {
     lease: Duration,
 }
 
-impl<S: MessageStore, Q: DeliveryQueue, P: Provider> Deliverer<S, Q, P> {
+impl<S: DeliveryStore, Q: DeliveryQueue + QueueVisibility, P: Provider> Deliverer<S, Q, P> {
     pub fn new(store: S, queue: Q, provider: P, retry: RetryPolicy, lease: Duration) -> Self {
         Self {
             store,
@@ -267,9 +268,7 @@ mod tests {
     use super::*;
     use crate::domain::{Channel, Direction, Message, NewMessage, Status};
     use crate::metrics::testing::{Capture, dimension_sets};
-    use crate::ports::{
-        Accepted, IdempotencyRecord, InboundInsert, OutboundInsert, QueueError, RetryReason,
-    };
+    use crate::ports::{Accepted, QueueError, RetryReason};
     use serde_json::json;
 
     // ---- fakes ---------------------------------------------------------------
@@ -326,31 +325,7 @@ mod tests {
         }
     }
 
-    impl MessageStore for FakeStore {
-        async fn insert_outbound(
-            &self,
-            _message: &Message,
-            _idempotency: Option<&IdempotencyRecord>,
-        ) -> Result<OutboundInsert, StoreError> {
-            unreachable!("delivery never inserts")
-        }
-
-        async fn insert_inbound(&self, _message: &Message) -> Result<InboundInsert, StoreError> {
-            unreachable!("delivery never inserts")
-        }
-
-        async fn get(&self, _id: &str) -> Result<Option<Message>, StoreError> {
-            unreachable!("delivery claims instead of reading")
-        }
-
-        async fn remove_queued(
-            &self,
-            _id: &str,
-            _idempotency_key: Option<&str>,
-        ) -> Result<(), StoreError> {
-            unreachable!("delivery never removes")
-        }
-
+    impl DeliveryStore for FakeStore {
         async fn claim(
             &self,
             id: &str,
@@ -415,7 +390,9 @@ mod tests {
                 .push((message_id.to_owned(), delay));
             Ok(())
         }
+    }
 
+    impl QueueVisibility for FakeQueue {
         async fn postpone(&self, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {
             self.postponed
                 .lock()

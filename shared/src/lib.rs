@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod ports;
 pub mod startup;
 pub mod telemetry;
+pub mod views;
 pub mod webhooks;

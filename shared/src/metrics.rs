@@ -2,8 +2,9 @@
 //! stdout per event worth counting, which CloudWatch Logs turns into metrics. No
 //! API calls, no extra permissions.
 //!
-//! [`documents`] builds the lines (pure, testable); [`emit`] writes them straight
-//! to stdout, not through `tracing`, whose JSON formatter would wrap them. Every
+//! [`documents`] builds the lines (pure, testable); [`emit`] writes them to the
+//! [`MetricSink`] chosen once with [`init`], by default straight to stdout
+//! ([`Stdout`]), not through `tracing`, whose JSON formatter would wrap them. Every
 //! metric has the dimension `Service`; the extra dimensions given to [`emit`] add
 //! a second dimension set, so a metric can be read both in total and split:
 //!
@@ -16,8 +17,8 @@
 //!
 //! See <https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html>.
 
-#[cfg(not(test))]
 use std::io::Write;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Number, Value, json};
@@ -205,20 +206,34 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// One line on stdout, where Lambda picks it up. A failed write is dropped:
-/// metrics never fail a request.
-fn write_line(line: &str) {
-    #[cfg(test)]
-    {
-        // Captured by a test, or else by libtest's output capture (which a
-        // direct write to stdout would bypass).
-        if !testing::capture(line) {
-            println!("{line}");
-        }
-    }
-    #[cfg(not(test))]
-    {
+/// Where the EMF lines go, one at a time. A sink never fails: metrics never
+/// fail a request.
+pub trait MetricSink: Send + Sync + 'static {
+    fn write_line(&self, line: &str);
+}
+
+/// Stdout, where Lambda picks the lines up. A failed write is dropped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stdout;
+
+impl MetricSink for Stdout {
+    fn write_line(&self, line: &str) {
         let _ = writeln!(std::io::stdout().lock(), "{line}");
+    }
+}
+
+static SINK: OnceLock<Box<dyn MetricSink>> = OnceLock::new();
+
+/// Chooses where [`emit`] writes, once per process; `false` (and the sink is
+/// dropped) if one was already chosen. Without it, lines go to [`Stdout`].
+pub fn init(sink: impl MetricSink) -> bool {
+    SINK.set(Box::new(sink)).is_ok()
+}
+
+fn write_line(line: &str) {
+    match SINK.get() {
+        Some(sink) => sink.write_line(line),
+        None => Stdout.write_line(line),
     }
 }
 
@@ -232,6 +247,19 @@ pub(crate) mod testing {
 
     thread_local! {
         static CAPTURED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    }
+
+    /// The tests' sink: a line goes to the capture running on its thread, or
+    /// else through libtest's output capture (which a direct write to stdout
+    /// would bypass).
+    struct PerThread;
+
+    impl super::MetricSink for PerThread {
+        fn write_line(&self, line: &str) {
+            if !capture(line) {
+                println!("{line}");
+            }
+        }
     }
 
     /// Offers a line to the capture of this thread; false if none is running.
@@ -253,6 +281,8 @@ pub(crate) mod testing {
 
     impl Capture {
         pub(crate) fn start() -> Self {
+            // The first capture chooses the tests' sink for the whole process.
+            super::init(PerThread);
             CAPTURED.set(Some(Vec::new()));
             Self {
                 _same_thread: PhantomData,

@@ -91,6 +91,8 @@ pub enum Completion {
     },
 }
 
+/// Accepting and reading messages: what the API and the inbound webhooks need.
+/// Delivery has its own port, [`DeliveryStore`].
 pub trait MessageStore: Send + Sync {
     /// Stores a new outbound message, and its idempotency record in the same
     /// write unless that key is already taken. `Conflict` if the id exists.
@@ -115,9 +117,13 @@ pub trait MessageStore: Send + Sync {
         id: &str,
         idempotency_key: Option<&str>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
+/// Delivering messages: the lease a delivery attempt holds and the outcome it
+/// records under it. Stores make each status move as its [`Transition`] allows.
+pub trait DeliveryStore: Send + Sync {
     /// Takes the delivery lease of a `queued` message, or of a `sending` one whose
-    /// lease expired before `now`.
+    /// lease expired before `now` ([`Transition::Claim`]).
     fn claim(
         &self,
         id: &str,
@@ -125,7 +131,9 @@ pub trait MessageStore: Send + Sync {
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
-    /// Records the outcome of an attempt; `Conflict` if the lease was lost.
+    /// Records the outcome of an attempt ([`Transition::MarkSent`],
+    /// [`Transition::MarkFailed`] or [`Transition::Requeue`]); `Conflict` if the
+    /// lease was lost.
     fn complete(
         &self,
         id: &str,
@@ -135,6 +143,8 @@ pub trait MessageStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// Queueing messages for delivery: the API's accept path, and a delivery
+/// handing a record over to a fresh queue message.
 pub trait DeliveryQueue: Send + Sync {
     /// Queues a message id for delivery, visible after `delay` (at most 15 minutes).
     fn enqueue(
@@ -142,7 +152,11 @@ pub trait DeliveryQueue: Send + Sync {
         message_id: &str,
         delay: Duration,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
 
+/// Queue messages already received, by receipt handle: how a delivery schedules
+/// its retry.
+pub trait QueueVisibility: Send + Sync {
     /// Hides a received queue message for `delay` (how a retry is scheduled).
     fn postpone(
         &self,
@@ -219,16 +233,19 @@ pub struct Page<T> {
     pub next: Option<Position>,
 }
 
-/// Threads of messages: summaries kept up to date as messages are stored, and
-/// the read paths of the conversation API.
-pub trait ConversationStore: Send + Sync {
+/// Threads of messages, written: summaries kept up to date as messages are
+/// stored (the accept paths).
+pub trait ConversationLog: Send + Sync {
     /// Counts a newly stored message in its conversation's summary, and makes
     /// it the conversation's last message unless a later one is already there.
     fn record_in_conversation(
         &self,
         message: &Message,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
+/// Threads of messages, read: the read paths of the conversation API.
+pub trait ConversationReader: Send + Sync {
     fn conversation(
         &self,
         id: &str,

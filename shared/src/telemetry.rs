@@ -9,10 +9,12 @@ use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-/// JSON logs to stdout (what CloudWatch and Lambda's JSON log format expect).
-/// Level from `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else `info`. Set
-/// `LOG_FORMAT=text` for human-readable local logs.
+/// JSON logs to stdout (what CloudWatch and Lambda's JSON log format expect),
+/// and EMF metric lines to stdout too. Level from `RUST_LOG`, else
+/// `AWS_LAMBDA_LOG_LEVEL`, else `info`. Set `LOG_FORMAT=text` for
+/// human-readable local logs.
 pub fn init() {
+    crate::metrics::init(crate::metrics::Stdout);
     let filter = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| {

@@ -25,7 +25,7 @@ use crate::config::WebhookConfig;
 use crate::domain::{FieldError, ProviderKind, ReportedOutcome, StatusReport};
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
-    ConversationStore, InboundInsert, MessageStore, ReportApplied, ReportStore, StoreError,
+    ConversationLog, InboundInsert, MessageStore, ReportApplied, ReportStore, StoreError,
 };
 
 /// What a SendGrid event batch did.
@@ -112,7 +112,7 @@ fn rejected(provider: ProviderKind, error: WebhookError) -> WebhookError {
 
 impl<S> Webhooks<S>
 where
-    S: MessageStore + ConversationStore + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore,
 {
     /// `SENDGRID_WEBHOOK_PUBLIC_KEY` must parse if it is set.
     pub fn new(store: S, twilio_auth_token: &str, config: &WebhookConfig) -> Result<Self, String> {

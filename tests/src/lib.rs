@@ -144,7 +144,7 @@ impl RawAnswer {
 
 /// Claims a `queued` message as a delivery does; returns the lease it holds.
 pub async fn claim_for_delivery(id: &str) -> shared::ports::Lease {
-    use shared::ports::{Claim, Lease, MessageStore};
+    use shared::ports::{Claim, DeliveryStore, Lease};
     let now = OffsetDateTime::now_utc();
     let lease = Lease {
         id: uuid::Uuid::new_v4().to_string(),
@@ -159,7 +159,7 @@ pub async fn claim_for_delivery(id: &str) -> shared::ports::Lease {
 /// Moves a `queued` message to `sent` as a delivery does (claim, then complete
 /// with the provider's id, which is indexed for status callbacks).
 pub async fn mark_sent(id: &str, provider_message_id: &str) {
-    use shared::ports::{Completion, MessageStore};
+    use shared::ports::{Completion, DeliveryStore};
     let lease = claim_for_delivery(id).await;
     store()
         .await

@@ -12,7 +12,7 @@ use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::{SqsQueue, batch_response, decode_body, delivery_records};
 use shared::adapters::twilio_webhook::{self, EMPTY_TWIML};
 use shared::domain::{Channel, ConversationKey, Direction, Message, Status, validate_outbound};
-use shared::ports::{ConversationStore, MessageStore};
+use shared::ports::{ConversationReader, MessageStore};
 use shared::startup::Startup;
 use shared::webhooks::Webhooks;
 use shared::{conversations, http};

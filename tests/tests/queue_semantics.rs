@@ -14,7 +14,7 @@ use aws_sdk_sqs::types::{
 use e2e_tests::{Api, Simulator, aws, env, phone};
 use serde_json::{Value, json};
 use shared::adapters::sqs::SqsQueue;
-use shared::ports::DeliveryQueue;
+use shared::ports::{DeliveryQueue, QueueVisibility};
 
 const SETTLE: Duration = Duration::from_secs(60);
 

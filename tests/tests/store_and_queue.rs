@@ -11,8 +11,8 @@ use shared::api::{AcceptError, OutboundAccepted, accept_inbound, accept_outbound
 use shared::domain::{Direction, IdempotencyKey, Message, Status, validate_outbound};
 use shared::http::ApiError;
 use shared::ports::{
-    Claim, Completion, DeliveryQueue, InboundInsert, Lease, MessageStore, OutboundInsert,
-    StoreError,
+    Claim, Completion, DeliveryQueue, DeliveryStore, InboundInsert, Lease, MessageStore,
+    OutboundInsert, QueueVisibility, StoreError,
 };
 use time::OffsetDateTime;
 

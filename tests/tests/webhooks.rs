@@ -243,7 +243,7 @@ async fn twilio_status_callbacks_only_move_a_message_forward() {
 /// yields instead of moving it back.
 #[tokio::test]
 async fn a_status_callback_that_overtakes_the_sent_write_is_applied() {
-    use shared::ports::{Completion, MessageStore, StoreError};
+    use shared::ports::{Completion, DeliveryStore, StoreError};
 
     let (api, token) = (Api::new(), twilio_auth_token().await);
     let store = e2e_tests::store().await;

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::delivery::{Deliverer, DeliveryRecord};
 use crate::metrics::{self, Metric, name};
-use crate::ports::{DeliveryQueue, MessageStore, Provider, QueueError};
+use crate::ports::{DeliveryQueue, DeliveryStore, Provider, QueueError, QueueVisibility};
 
 /// Longest visibility timeout SQS accepts (12 hours).
 const MAX_VISIBILITY_SECS: u64 = 12 * 60 * 60;
@@ -72,7 +72,9 @@ impl DeliveryQueue for SqsQueue {
             .map_err(|e| QueueError::Unavailable(DisplayErrorContext(e).to_string()))?;
         Ok(())
     }
+}
 
+impl QueueVisibility for SqsQueue {
     async fn postpone(&self, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {
         let secs = delay
             .as_secs_f64()
@@ -119,8 +121,8 @@ pub async fn handle_event<S, Q, P>(
     event: LambdaEvent<SqsEvent>,
 ) -> SqsBatchResponse
 where
-    S: MessageStore,
-    Q: DeliveryQueue,
+    S: DeliveryStore,
+    Q: DeliveryQueue + QueueVisibility,
     P: Provider,
 {
     let records = delivery_records(&event.payload);

@@ -1,6 +1,5 @@
 //! Conversations: which thread a message belongs to, and what a thread shows.
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -99,17 +98,15 @@ pub fn is_sort_key(key: &str) -> bool {
 }
 
 /// The newest message of a conversation, as its summary shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LastMessage {
     pub id: String,
     pub direction: Direction,
-    #[serde(rename = "type")]
     pub channel: Channel,
     pub from: String,
     pub to: String,
     /// The first [`PREVIEW_CHARS`] characters of the body.
     pub preview: String,
-    #[serde(with = "time::serde::rfc3339")]
     pub timestamp: OffsetDateTime,
 }
 
@@ -127,8 +124,8 @@ impl LastMessage {
     }
 }
 
-/// A conversation as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A conversation's summary (the API's view of it is `views::ConversationView`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Conversation {
     pub id: String,
     /// `phone` or `email`.
@@ -138,11 +135,8 @@ pub struct Conversation {
     pub message_count: u64,
     pub last_message: LastMessage,
     /// `last_message.preview`, also at the top level for list views.
-    #[serde(default)]
     pub last_message_preview: String,
-    #[serde(with = "time::serde::rfc3339")]
     pub last_message_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
 

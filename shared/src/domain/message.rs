@@ -1,4 +1,5 @@
-//! Messages as the API and the store see them.
+//! Messages: what is accepted, stored and delivered. The API's JSON view is
+//! `views::MessageView`, the stored item the DynamoDB adapter's own type.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -87,37 +88,28 @@ pub struct NewMessage {
     pub messaging_provider_id: Option<String>,
 }
 
-/// A stored message. Serializes to the API's JSON representation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A stored message.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     pub id: MessageId,
     pub direction: Direction,
-    #[serde(rename = "type")]
+    /// The API's `type`.
     pub channel: Channel,
     pub from: String,
     pub to: String,
     pub body: String,
     pub attachments: Option<Vec<String>>,
-    #[serde(with = "time::serde::rfc3339")]
     pub timestamp: OffsetDateTime,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messaging_provider_id: Option<String>,
     pub conversation_id: String,
     pub status: Status,
-    #[serde(default)]
     pub attempts: u32,
-    #[serde(default)]
     pub last_error: Option<String>,
-    #[serde(default)]
     pub provider_message_id: Option<String>,
-    #[serde(default, with = "time::serde::rfc3339::option")]
     pub next_attempt_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     /// Status changes, oldest first: accepted, each claim and each outcome.
-    #[serde(default)]
     pub history: Vec<HistoryEntry>,
 }
 
@@ -190,21 +182,6 @@ mod tests {
         let inbound = Message::accept(new_sms(), Direction::Inbound, now);
         assert_eq!(inbound.status, Status::Received);
         assert_ne!(out.id, inbound.id);
-    }
-
-    #[test]
-    fn serializes_with_the_api_field_names() {
-        let now = datetime!(2024-11-01 14:00 UTC);
-        let msg = Message::accept(new_sms(), Direction::Outbound, now);
-        let json = serde_json::to_value(&msg).unwrap();
-        assert_eq!(json["type"], "sms");
-        assert_eq!(json["direction"], "outbound");
-        assert_eq!(json["status"], "queued");
-        assert_eq!(json["timestamp"], "2024-11-01T14:00:00Z");
-        assert_eq!(json["attachments"], serde_json::Value::Null);
-        assert!(json.get("messaging_provider_id").is_none());
-        let back: Message = serde_json::from_value(json).unwrap();
-        assert_eq!(back, msg);
     }
 
     #[test]

@@ -17,5 +17,5 @@ pub use idempotency::IdempotencyKey;
 pub use message::{Channel, Direction, Message, MessageId, NewMessage, ProviderKind};
 pub use report::{ReportedOutcome, StatusReport};
 pub use retry::RetryPolicy;
-pub use status::{Status, Transition};
+pub use status::{LeaseRule, Origin, Status, Transition};
 pub use validation::{FieldError, validate_inbound, validate_outbound};

@@ -8,7 +8,9 @@
 //! inbound:   received
 //! ```
 //! A claim may also take over a `sending` message whose lease has expired (the
-//! delivery that held it crashed); the store enforces the lease expiry.
+//! delivery that held it crashed); the store enforces the lease expiry. An
+//! outbound message still `queued` may be withdrawn (removed) when its enqueue
+//! failed. [`Transition`] is the table of these moves.
 
 use serde::{Deserialize, Serialize};
 
@@ -63,19 +65,41 @@ impl Status {
     }
 }
 
-/// The state changes a delivery may make. Stores apply each one as a conditional
-/// write on [`Transition::from`], so a stale or duplicate delivery cannot move a
-/// message backwards.
+/// What a transition asks of the delivery lease a message may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseRule {
+    /// Nothing: the lease (if any) plays no part.
+    Any,
+    /// The caller's lease must be the one the message holds.
+    Held,
+    /// The message's lease must have expired (its delivery crashed): it may be
+    /// taken over.
+    Expired,
+}
+
+/// A status a transition may start from, and what it asks of the lease there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub status: Status,
+    pub lease: LeaseRule,
+}
+
+/// The state changes a message may go through after it is stored: the one table
+/// of allowed moves. Stores apply each one as a conditional write built from
+/// [`Transition::from`] (statuses and lease rules) and [`Transition::to`], so a
+/// stale or duplicate delivery or report cannot move a message backwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    /// `queued → sending` (or taking over an expired `sending` lease).
+    /// `queued → sending`, or taking over a `sending` message whose lease expired.
     Claim,
-    /// `sending → sent`.
+    /// `sending → sent`, under the lease held.
     MarkSent,
-    /// `sending → failed`.
+    /// `sending → failed`, under the lease held.
     MarkFailed,
-    /// `sending → queued`, to be retried later.
+    /// `sending → queued` under the lease held, to be retried later.
     Requeue,
+    /// `queued →` removed: undoing an accept whose enqueue failed.
+    Withdraw,
     /// `sending | sent → delivered`: the provider reports delivery.
     ReportDelivered,
     /// `sending | sent → failed`: the provider reports it could not deliver.
@@ -85,29 +109,75 @@ pub enum Transition {
 }
 
 impl Transition {
-    /// Statuses the message may be in for the transition to apply.
-    pub const fn from(self) -> &'static [Status] {
+    pub const ALL: [Self; 7] = [
+        Self::Claim,
+        Self::MarkSent,
+        Self::MarkFailed,
+        Self::Requeue,
+        Self::Withdraw,
+        Self::ReportDelivered,
+        Self::ReportFailed,
+    ];
+
+    /// The statuses the message may be in for the transition to apply, each with
+    /// what it asks of the lease.
+    pub const fn from(self) -> &'static [Origin] {
+        use LeaseRule::{Any, Expired, Held};
         match self {
-            Self::Claim => &[Status::Queued, Status::Sending],
-            Self::MarkSent | Self::MarkFailed | Self::Requeue => &[Status::Sending],
-            Self::ReportDelivered | Self::ReportFailed => &[Status::Sending, Status::Sent],
+            Self::Claim => &[
+                Origin {
+                    status: Status::Queued,
+                    lease: Any,
+                },
+                Origin {
+                    status: Status::Sending,
+                    lease: Expired,
+                },
+            ],
+            Self::MarkSent | Self::MarkFailed | Self::Requeue => &[Origin {
+                status: Status::Sending,
+                lease: Held,
+            }],
+            Self::Withdraw => &[Origin {
+                status: Status::Queued,
+                lease: Any,
+            }],
+            Self::ReportDelivered | Self::ReportFailed => &[
+                Origin {
+                    status: Status::Sending,
+                    lease: Any,
+                },
+                Origin {
+                    status: Status::Sent,
+                    lease: Any,
+                },
+            ],
         }
     }
 
-    pub const fn to(self) -> Status {
+    /// The status the message ends in; `None` if the transition removes it.
+    pub const fn to(self) -> Option<Status> {
         match self {
-            Self::Claim => Status::Sending,
-            Self::MarkSent => Status::Sent,
-            Self::MarkFailed => Status::Failed,
-            Self::Requeue => Status::Queued,
-            Self::ReportDelivered => Status::Delivered,
-            Self::ReportFailed => Status::Failed,
+            Self::Claim => Some(Status::Sending),
+            Self::MarkSent => Some(Status::Sent),
+            Self::MarkFailed | Self::ReportFailed => Some(Status::Failed),
+            Self::Requeue => Some(Status::Queued),
+            Self::Withdraw => None,
+            Self::ReportDelivered => Some(Status::Delivered),
         }
     }
 
-    /// Whether this transition may be applied to a message in `status`.
+    /// Whether this transition may be applied to a message in `status` (lease
+    /// rules aside: the store checks those).
     pub fn applies_to(self, status: Status) -> bool {
-        self.from().contains(&status)
+        self.from().iter().any(|origin| origin.status == status)
+    }
+
+    /// Whether the transition is made under a lease the caller holds.
+    pub fn needs_held_lease(self) -> bool {
+        self.from()
+            .iter()
+            .any(|origin| origin.lease == LeaseRule::Held)
     }
 }
 
@@ -124,6 +194,60 @@ mod tests {
         Status::Received,
     ];
 
+    /// A transition, its origins (status and lease rule) and its target.
+    type Row = (Transition, &'static [(Status, LeaseRule)], Option<Status>);
+
+    /// The table of allowed moves, spelled out: from which statuses (with their
+    /// lease rules) each transition starts, and where it ends.
+    #[test]
+    fn the_table_of_allowed_moves() {
+        use LeaseRule::{Any, Expired, Held};
+        use Status::*;
+        let table: [Row; 7] = [
+            (
+                Transition::Claim,
+                &[(Queued, Any), (Sending, Expired)],
+                Some(Sending),
+            ),
+            (Transition::MarkSent, &[(Sending, Held)], Some(Sent)),
+            (Transition::MarkFailed, &[(Sending, Held)], Some(Failed)),
+            (Transition::Requeue, &[(Sending, Held)], Some(Queued)),
+            (Transition::Withdraw, &[(Queued, Any)], None),
+            (
+                Transition::ReportDelivered,
+                &[(Sending, Any), (Sent, Any)],
+                Some(Delivered),
+            ),
+            (
+                Transition::ReportFailed,
+                &[(Sending, Any), (Sent, Any)],
+                Some(Failed),
+            ),
+        ];
+        assert_eq!(table.map(|(t, _, _)| t), Transition::ALL);
+        for (transition, from, to) in table {
+            let origins: Vec<(Status, LeaseRule)> = transition
+                .from()
+                .iter()
+                .map(|o| (o.status, o.lease))
+                .collect();
+            assert_eq!(origins, from, "{transition:?} from");
+            assert_eq!(transition.to(), to, "{transition:?} to");
+            for status in ALL {
+                assert_eq!(
+                    transition.applies_to(status),
+                    from.iter().any(|(s, _)| *s == status),
+                    "{transition:?} from {status:?}"
+                );
+            }
+            assert_eq!(
+                transition.needs_held_lease(),
+                from.iter().any(|(_, lease)| *lease == Held),
+                "{transition:?}"
+            );
+        }
+    }
+
     #[test]
     fn reports_only_move_forward() {
         for t in [Transition::ReportDelivered, Transition::ReportFailed] {
@@ -137,9 +261,8 @@ mod tests {
             ] {
                 assert!(!t.applies_to(settled), "{t:?} from {settled:?}");
             }
+            assert!(t.from().iter().all(|o| o.lease == LeaseRule::Any));
         }
-        assert_eq!(Transition::ReportDelivered.to(), Status::Delivered);
-        assert_eq!(Transition::ReportFailed.to(), Status::Failed);
     }
 
     #[test]
@@ -150,6 +273,7 @@ mod tests {
                 Transition::MarkSent,
                 Transition::MarkFailed,
                 Transition::Requeue,
+                Transition::Withdraw,
             ] {
                 assert!(!t.applies_to(status), "{t:?} must not apply to {status:?}");
             }
@@ -157,14 +281,18 @@ mod tests {
     }
 
     #[test]
-    fn claim_starts_from_queued_or_an_expired_lease() {
-        assert!(Transition::Claim.applies_to(Status::Queued));
-        assert!(Transition::Claim.applies_to(Status::Sending));
-        assert_eq!(Transition::Claim.to(), Status::Sending);
+    fn claim_takes_over_only_an_expired_lease() {
+        let sending = Transition::Claim
+            .from()
+            .iter()
+            .find(|o| o.status == Status::Sending)
+            .unwrap();
+        assert_eq!(sending.lease, LeaseRule::Expired);
+        assert!(!Transition::Claim.needs_held_lease());
     }
 
     #[test]
-    fn outcomes_need_a_claim_first() {
+    fn outcomes_need_the_claims_lease() {
         for t in [
             Transition::MarkSent,
             Transition::MarkFailed,
@@ -172,10 +300,8 @@ mod tests {
         ] {
             assert!(t.applies_to(Status::Sending));
             assert!(!t.applies_to(Status::Queued), "{t:?} from queued");
+            assert!(t.needs_held_lease(), "{t:?}");
         }
-        assert_eq!(Transition::MarkSent.to(), Status::Sent);
-        assert_eq!(Transition::MarkFailed.to(), Status::Failed);
-        assert_eq!(Transition::Requeue.to(), Status::Queued);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::conversations::{self as use_case, Listing};
 use crate::cursor::CursorCodec;
-use crate::domain::{Conversation, Message};
-use crate::ports::{ConversationStore, MessageStore};
+use crate::ports::{ConversationReader, MessageStore};
+use crate::views::{ConversationView, MessageView};
 
 use super::{ApiError, Function, Operation, QueryParams, Routes, json_response, messages};
 
@@ -26,7 +26,7 @@ type Params = QueryParams;
 /// The read function's router.
 pub fn read_router<S>(store: S, cursors: CursorCodec) -> Router
 where
-    S: MessageStore + ConversationStore + 'static,
+    S: MessageStore + ConversationReader + 'static,
 {
     Routes::new(Function::Read)
         .serve(
@@ -46,14 +46,14 @@ where
 
 #[derive(Serialize)]
 struct ConversationsBody<'a> {
-    conversations: &'a [Conversation],
+    conversations: Vec<ConversationView>,
     next_cursor: Option<&'a str>,
 }
 
 #[derive(Serialize)]
 struct MessagesBody<'a> {
     conversation_id: &'a str,
-    messages: &'a [Message],
+    messages: Vec<MessageView>,
     next_cursor: Option<&'a str>,
 }
 
@@ -62,7 +62,7 @@ fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
 }
 
 /// `GET /conversations?participant=&limit=&cursor=`: latest activity first.
-async fn list_conversations<S: ConversationStore>(
+async fn list_conversations<S: ConversationReader>(
     State(app): State<Arc<Read<S>>>,
     params: Params,
 ) -> Result<Response, ApiError> {
@@ -77,7 +77,7 @@ async fn list_conversations<S: ConversationStore>(
     let mut response = json_response(
         StatusCode::OK,
         &ConversationsBody {
-            conversations: &page.items,
+            conversations: page.items.iter().map(ConversationView::from).collect(),
             next_cursor: page.next_cursor.as_deref(),
         },
     );
@@ -92,16 +92,19 @@ async fn list_conversations<S: ConversationStore>(
 }
 
 /// `GET /conversations/{id}`.
-async fn get_conversation<S: ConversationStore>(
+async fn get_conversation<S: ConversationReader>(
     State(app): State<Arc<Read<S>>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let conversation = use_case::find_conversation(&app.store, &id).await?;
-    Ok(json_response(StatusCode::OK, &conversation))
+    Ok(json_response(
+        StatusCode::OK,
+        &ConversationView::from(&conversation),
+    ))
 }
 
 /// `GET /conversations/{id}/messages`: timestamp order, both directions.
-async fn list_conversation_messages<S: ConversationStore>(
+async fn list_conversation_messages<S: ConversationReader>(
     State(app): State<Arc<Read<S>>>,
     Path(id): Path<String>,
     params: Params,
@@ -118,7 +121,7 @@ async fn list_conversation_messages<S: ConversationStore>(
         StatusCode::OK,
         &MessagesBody {
             conversation_id: &id,
-            messages: &page.items,
+            messages: page.items.iter().map(MessageView::from).collect(),
             next_cursor: page.next_cursor.as_deref(),
         },
     );

@@ -10,7 +10,8 @@ use tracing::warn;
 
 use crate::api::{self, OutboundAccepted};
 use crate::domain::{IdempotencyKey, Message};
-use crate::ports::{ConversationStore, DeliveryQueue, InboundInsert, MessageStore};
+use crate::ports::{ConversationLog, DeliveryQueue, InboundInsert, MessageStore};
+use crate::views::MessageView;
 
 use super::{
     ApiError, Function, IDEMPOTENCY_KEY, JsonObject, Operation, Routes, header_str, json_response,
@@ -25,7 +26,7 @@ struct Outbound<S, Q> {
 /// The outbound function's router: `POST /messages/outbound`.
 pub fn outbound_router<S, Q>(store: S, queue: Q) -> Router
 where
-    S: MessageStore + ConversationStore + 'static,
+    S: MessageStore + ConversationLog + 'static,
     Q: DeliveryQueue + 'static,
 {
     Routes::new(Function::Outbound)
@@ -36,7 +37,7 @@ where
 /// The inbound function's router: `POST /messages/inbound`.
 pub fn inbound_router<S>(store: S) -> Router
 where
-    S: MessageStore + ConversationStore + 'static,
+    S: MessageStore + ConversationLog + 'static,
 {
     Routes::new(Function::Inbound)
         .serve(Operation::RecordInbound, record_inbound::<S>)
@@ -51,7 +52,7 @@ async fn send_message<S, Q>(
     JsonObject(payload): JsonObject,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationStore,
+    S: MessageStore + ConversationLog,
     Q: DeliveryQueue,
 {
     let key = header_str(&headers, IDEMPOTENCY_KEY)
@@ -85,7 +86,7 @@ async fn record_inbound<S>(
     JsonObject(payload): JsonObject,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationStore,
+    S: MessageStore + ConversationLog,
 {
     Ok(inserted_response(
         api::accept_inbound(store.as_ref(), &payload).await?,
@@ -110,7 +111,7 @@ pub(super) fn inserted_response(insert: InboundInsert) -> Response {
 }
 
 fn message_response(status: StatusCode, message: &Message) -> Response {
-    let mut response = json_response(status, message);
+    let mut response = json_response(status, &MessageView::from(message));
     if status != StatusCode::OK {
         set_location(&mut response, &message.id);
     }

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::adapters::{sendgrid_webhook, twilio_webhook};
-use crate::ports::{ConversationStore, MessageStore, ReportStore};
+use crate::ports::{ConversationLog, MessageStore, ReportStore};
 use crate::webhooks::{RequestOrigin, TwilioPost, Webhooks};
 
 use super::{
@@ -20,7 +20,7 @@ use super::{
 /// The webhooks function's router.
 pub fn webhooks_router<S>(webhooks: Webhooks<S>) -> Router
 where
-    S: MessageStore + ConversationStore + ReportStore + 'static,
+    S: MessageStore + ConversationLog + ReportStore + 'static,
 {
     Routes::new(Function::Webhooks)
         .serve(Operation::TwilioMessage, twilio_message::<S>)
@@ -58,7 +58,7 @@ fn twilio_post<'a, S>(
     body: &'a [u8],
 ) -> Result<TwilioPost<'a>, ApiError>
 where
-    S: MessageStore + ConversationStore + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore,
 {
     require_media_type(headers, "application/x-www-form-urlencoded")?;
     let origin = RequestOrigin {
@@ -86,7 +86,7 @@ async fn twilio_message<S>(
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationStore + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore,
 {
     let post = twilio_post(&webhooks, &uri, &headers, &body)?;
     webhooks.twilio_message(post).await?;
@@ -101,7 +101,7 @@ async fn twilio_status<S>(
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationStore + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore,
 {
     let post = twilio_post(&webhooks, &uri, &headers, &body)?;
     webhooks.twilio_status(post).await?;
@@ -115,7 +115,7 @@ async fn sendgrid_inbound<S>(
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationStore + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore,
 {
     let authorization = header_str(&headers, header::AUTHORIZATION.as_str());
     let content_type = header_str(&headers, header::CONTENT_TYPE.as_str()).unwrap_or_default();
@@ -135,7 +135,7 @@ async fn sendgrid_events<S>(
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationStore + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore,
 {
     let outcome = webhooks
         .sendgrid_events(

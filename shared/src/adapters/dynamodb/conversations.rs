@@ -16,10 +16,11 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::try_join_all;
 
+use super::item::{ConversationItem, LastMessageItem};
 use super::{DynamoDbStore, Item, rfc3339, s, to_message, unavailable};
 use crate::domain::conversation::{LastMessage, sort_key};
 use crate::domain::{Conversation, ConversationKey, Message};
-use crate::ports::{ConversationStore, Page, Position, StoreError};
+use crate::ports::{ConversationLog, ConversationReader, Page, Position, StoreError};
 
 /// A GSI read path: its keys and its order.
 struct IndexQuery {
@@ -191,15 +192,17 @@ struct SummaryValues {
 }
 
 fn to_conversation(item: Item) -> Result<Conversation, StoreError> {
-    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_dynamo::from_item::<_, ConversationItem>(item)
+        .map(Conversation::from)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-impl ConversationStore for DynamoDbStore {
+impl ConversationLog for DynamoDbStore {
     async fn record_in_conversation(&self, message: &Message) -> Result<(), StoreError> {
         let key = ConversationKey::new(message.channel, &message.from, &message.to);
         let last_message = LastMessage::of(message);
         let preview = last_message.preview.clone();
-        let last = serde_dynamo::to_attribute_value(last_message)
+        let last = serde_dynamo::to_attribute_value(LastMessageItem::from(&last_message))
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let summary = SummaryValues {
             id: message.conversation_id.clone(),
@@ -231,7 +234,9 @@ impl ConversationStore for DynamoDbStore {
         try_join_all(updates).await?;
         Ok(())
     }
+}
 
+impl ConversationReader for DynamoDbStore {
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
         self.get_item(Self::conversation_key(id))
             .await?

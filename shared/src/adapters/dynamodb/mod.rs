@@ -1,7 +1,7 @@
 //! The message store on DynamoDB (single table, partition key `pk`).
 //!
 //! Items:
-//! - `MSG#<id>`: a message (its API fields, plus `lease_id`/`lease_expires_at`
+//! - `MSG#<id>`: a message (`item::MessageItem`, plus `lease_id`/`lease_expires_at`
 //!   while a delivery attempt holds it);
 //! - `INBOUND#<messaging_provider_id>`: uniqueness guard of an inbound message,
 //!   written in the same transaction as the message;
@@ -17,7 +17,9 @@
 //! Message items also carry `conversation_sort`, their position in their
 //! conversation (GSI `conversation-messages`).
 
+mod condition;
 mod conversations;
+mod item;
 mod reports;
 
 use std::collections::HashMap;
@@ -29,11 +31,13 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, Transact
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use self::condition::{condition, target};
+use self::item::MessageItem;
 use crate::domain::conversation::sort_key;
-use crate::domain::{Message, Status};
+use crate::domain::{Message, Status, Transition};
 use crate::ports::{
-    Claim, Completion, IdempotencyRecord, InboundInsert, Lease, MessageStore, OutboundInsert,
-    StoreError,
+    Claim, Completion, DeliveryStore, IdempotencyRecord, InboundInsert, Lease, MessageStore,
+    OutboundInsert, StoreError,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -62,8 +66,8 @@ impl DynamoDbStore {
 
     /// The item a message is stored as.
     pub fn message_item(message: &Message) -> Result<Item, StoreError> {
-        let mut item: Item =
-            serde_dynamo::to_item(message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut item: Item = serde_dynamo::to_item(MessageItem::from(message))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         item.insert("pk".into(), Self::message_key(&message.id));
         item.insert(
             "conversation_sort".into(),
@@ -151,7 +155,9 @@ fn unavailable<E: std::error::Error>(e: E) -> StoreError {
 }
 
 fn to_message(item: Item) -> Result<Message, StoreError> {
-    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_dynamo::from_item::<_, MessageItem>(item)
+        .map(Message::from)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
@@ -287,12 +293,13 @@ impl MessageStore for DynamoDbStore {
         id: &str,
         idempotency_key: Option<&str>,
     ) -> Result<(), StoreError> {
-        let delete = Delete::builder()
-            .table_name(&self.table)
-            .key("pk", Self::message_key(id))
-            .condition_expression("#status = :queued")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":queued", s(Status::Queued.as_str()))
+        let withdraw = condition(Transition::Withdraw, None, OffsetDateTime::now_utc())?;
+        let delete = withdraw
+            .on_delete(
+                Delete::builder()
+                    .table_name(&self.table)
+                    .key("pk", Self::message_key(id)),
+            )
             .build()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut request = self
@@ -320,37 +327,36 @@ impl MessageStore for DynamoDbStore {
             })?;
         Ok(())
     }
+}
 
+impl DeliveryStore for DynamoDbStore {
     async fn claim(
         &self,
         id: &str,
         lease: &Lease,
         now: OffsetDateTime,
     ) -> Result<Claim, StoreError> {
-        let result = self
+        let to = target(Transition::Claim)?;
+        let update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", Self::message_key(id))
             .update_expression(format!(
-                "SET #status = :sending, lease_id = :lease, lease_expires_at = :expires, \
+                "SET #status = :to, lease_id = :lease, lease_expires_at = :expires, \
                  attempts = if_not_exists(attempts, :zero) + :one, updated_at = :now, {APPEND_HISTORY}"
             ))
-            .expression_attribute_values(":history", history_entry(now, Status::Sending, None))
+            .expression_attribute_values(":history", history_entry(now, to, None))
             .expression_attribute_values(":no_history", AttributeValue::L(Vec::new()))
-            .condition_expression(
-                "attribute_exists(pk) AND (#status = :queued OR (#status = :sending AND lease_expires_at < :now_epoch))",
-            )
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":sending", s(Status::Sending.as_str()))
-            .expression_attribute_values(":queued", s(Status::Queued.as_str()))
+            .expression_attribute_values(":to", s(to.as_str()))
             .expression_attribute_values(":lease", s(&lease.id))
             .expression_attribute_values(":expires", epoch(lease.expires_at))
-            .expression_attribute_values(":now_epoch", epoch(now))
             .expression_attribute_values(":now", rfc3339(now))
             .expression_attribute_values(":zero", AttributeValue::N("0".into()))
             .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .return_values(ReturnValue::AllNew)
+            .return_values(ReturnValue::AllNew);
+        let result = condition(Transition::Claim, None, now)?
+            .on_update(update)
             .send()
             .await;
         match result {
@@ -394,23 +400,25 @@ impl MessageStore for DynamoDbStore {
         completion: &Completion,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let (status, reason, set) = match completion {
+        let (transition, reason, set) = match completion {
             Completion::Sent { .. } => (
-                Status::Sent,
+                Transition::MarkSent,
                 None,
                 "provider_message_id = :pid, next_attempt_at = :null",
             ),
             Completion::Failed { reason } => (
-                Status::Failed,
+                Transition::MarkFailed,
                 Some(reason),
                 "last_error = :reason, next_attempt_at = :null",
             ),
             Completion::Retry { reason, .. } => (
-                Status::Queued,
+                Transition::Requeue,
                 Some(reason),
                 "last_error = :reason, next_attempt_at = :next",
             ),
         };
+        let status = target(transition)?;
+        let held = condition(transition, Some(lease_id), now)?;
         let mut update = self
             .client
             .update_item()
@@ -419,10 +427,7 @@ impl MessageStore for DynamoDbStore {
             .update_expression(format!(
                 "SET #status = :status, {set}, updated_at = :now, {APPEND_HISTORY} REMOVE lease_id, lease_expires_at"
             ))
-            .condition_expression("#status = :sending AND lease_id = :lease")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":sending", s(Status::Sending.as_str()))
-            .expression_attribute_values(":lease", s(lease_id))
             .expression_attribute_values(":now", rfc3339(now))
             .expression_attribute_values(":status", s(status.as_str()))
             .expression_attribute_values(":history", history_entry(now, status, reason.map(String::as_str)))
@@ -465,7 +470,7 @@ impl MessageStore for DynamoDbStore {
                 next_attempt_at, ..
             } => update.expression_attribute_values(":next", rfc3339(*next_attempt_at)),
         };
-        update
+        held.on_update(update)
             .send()
             .await
             .map_err(|e| match e.into_service_error() {

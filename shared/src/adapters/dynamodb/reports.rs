@@ -2,6 +2,7 @@
 
 use time::OffsetDateTime;
 
+use super::condition::{condition, target};
 use super::{
     APPEND_HISTORY, DynamoDbStore, epoch, history_entry, rfc3339, s, string_attribute, to_message,
     unavailable,
@@ -40,10 +41,7 @@ impl ReportStore for DynamoDbStore {
         detail: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<ReportApplied, StoreError> {
-        let to = transition.to();
-        let allowed: Vec<String> = (0..transition.from().len())
-            .map(|i| format!(":from{i}"))
-            .collect();
+        let to = target(transition)?;
         let mut update = self
             .client
             .update_item()
@@ -57,10 +55,6 @@ impl ReportStore for DynamoDbStore {
                     ""
                 }
             ))
-            .condition_expression(format!(
-                "attribute_exists(pk) AND #status IN ({})",
-                allowed.join(", ")
-            ))
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":to", s(to.as_str()))
             .expression_attribute_values(":now", rfc3339(now))
@@ -70,12 +64,10 @@ impl ReportStore for DynamoDbStore {
                 aws_sdk_dynamodb::types::AttributeValue::L(Vec::new()),
             )
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
-        for (name, status) in allowed.iter().zip(transition.from()) {
-            update = update.expression_attribute_values(name, s(status.as_str()));
-        }
         if let Some(detail) = detail {
             update = update.expression_attribute_values(":detail", s(detail));
         }
+        let update = condition(transition, None, now)?.on_update(update);
         match update.send().await.map_err(|e| e.into_service_error()) {
             Ok(output) => {
                 let item = output
