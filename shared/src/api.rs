@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tracing::{error, info};
 
+use crate::domain::access::Senders;
 use crate::domain::idempotency::{self, IdempotencyKey, fingerprint};
 use crate::domain::{
     Direction, FieldError, Message, NewMessage, validate_inbound, validate_outbound,
@@ -101,17 +102,25 @@ pub enum OutboundAccepted {
     },
 }
 
-/// Validates, stores (`queued`) and enqueues an outbound message. If the enqueue
+/// Validates (including that `from` is one of `senders`), stores (`queued`)
+/// and enqueues an outbound message. If the enqueue
 /// fails the stored message is removed again and the caller gets 503: a message is
 /// never acknowledged unless it is on its way. With an idempotency key, a repeat of
 /// the same body gets the first answer and a different body a 409.
 pub async fn accept_outbound(
     store: &(impl MessageStore + ConversationLog),
     queue: &impl DeliveryQueue,
+    senders: &Senders,
     payload: &Map<String, Value>,
     key: Option<&IdempotencyKey>,
 ) -> Result<OutboundAccepted, AcceptError> {
     let new = validate_outbound(payload).map_err(rejected)?;
+    if !senders.allows(&new.from) {
+        return Err(rejected(vec![FieldError::new(
+            "from",
+            "is not one of this service's senders (ALLOWED_SENDERS)",
+        )]));
+    }
     let now = OffsetDateTime::now_utc();
     let message = Message::accept(new, Direction::Outbound, now);
     let record = key.map(|key| IdempotencyRecord {
@@ -337,7 +346,9 @@ mod tests {
         let (store, queue) = (MemoryStore::default(), MemoryQueue::default());
         let capture = Capture::start();
 
-        let accepted = accept_outbound(&store, &queue, &sms(), None).await.unwrap();
+        let accepted = accept_outbound(&store, &queue, &Senders::default(), &sms(), None)
+            .await
+            .unwrap();
 
         let OutboundAccepted::Queued(message) = accepted else {
             panic!("not queued: {accepted:?}");
@@ -367,7 +378,9 @@ mod tests {
                                    "type": "email", "body": "Hello", "attachments": []}),
         );
 
-        accept_outbound(&store, &queue, &email, None).await.unwrap();
+        accept_outbound(&store, &queue, &Senders::default(), &email, None)
+            .await
+            .unwrap();
 
         let docs = capture.with_metric("MessagesAccepted");
         assert_eq!(docs.len(), 1);
@@ -380,10 +393,10 @@ mod tests {
         let key = IdempotencyKey::parse("order-1").unwrap();
         let capture = Capture::start();
 
-        accept_outbound(&store, &queue, &sms(), Some(&key))
+        accept_outbound(&store, &queue, &Senders::default(), &sms(), Some(&key))
             .await
             .unwrap();
-        let replay = accept_outbound(&store, &queue, &sms(), Some(&key))
+        let replay = accept_outbound(&store, &queue, &Senders::default(), &sms(), Some(&key))
             .await
             .unwrap();
 
@@ -400,7 +413,7 @@ mod tests {
         };
         let capture = Capture::start();
 
-        let err = accept_outbound(&store, &queue, &sms(), None)
+        let err = accept_outbound(&store, &queue, &Senders::default(), &sms(), None)
             .await
             .unwrap_err();
 
@@ -415,7 +428,7 @@ mod tests {
         let mut bad = sms();
         bad.insert("type".into(), json!("fax"));
 
-        let err = accept_outbound(&store, &queue, &bad, None)
+        let err = accept_outbound(&store, &queue, &Senders::default(), &bad, None)
             .await
             .unwrap_err();
 
@@ -425,6 +438,28 @@ mod tests {
         assert_eq!(docs[0]["ValidationRejected"], 1);
         assert_eq!(dimension_sets(&docs[0]), json!([["Service"]]));
         assert!(queue.enqueued.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_sender_outside_allowed_senders_is_refused_and_nothing_is_stored() {
+        let (store, queue) = (MemoryStore::default(), MemoryQueue::default());
+        let senders = Senders::parse("+18045550000,@usehatchapp.com").unwrap();
+
+        let err = accept_outbound(&store, &queue, &senders, &sms(), None)
+            .await
+            .unwrap_err();
+
+        let AcceptError::Invalid(fields) = err else {
+            panic!("not a validation error: {err:?}");
+        };
+        assert_eq!(fields[0].field, "from");
+        assert!(store.messages.lock().unwrap().is_empty());
+        assert!(queue.enqueued.lock().unwrap().is_empty());
+        let mut allowed = sms();
+        allowed.insert("from".into(), json!("+18045550000"));
+        accept_outbound(&store, &queue, &senders, &allowed, None)
+            .await
+            .expect("an allowed sender is accepted");
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::domain::RetryPolicy;
+use crate::domain::access::Senders;
 
 pub const DEFAULT_TWILIO_API_URL: &str = "https://api.twilio.com";
 pub const DEFAULT_SENDGRID_API_URL: &str = "https://api.sendgrid.com";
@@ -67,6 +68,18 @@ pub struct Config {
     /// of the read function must share it (the template generates one in Secrets
     /// Manager). Unset, a fixed development key is used (see [`Self::cursor_key`]).
     pub cursor_secret: Option<String>,
+    pub access: AccessConfig,
+}
+
+/// API keys and senders.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    /// `API_KEY_CACHE_SECONDS` (default 30): how long a function trusts a key
+    /// it has read; a revoked key is refused within this time.
+    pub key_cache: Duration,
+    /// `ALLOWED_SENDERS`: the `from` numbers, addresses and `@domain`s outbound
+    /// messages may use; empty allows any (local development).
+    pub allowed_senders: Senders,
 }
 
 /// The key cursors are signed with when `CURSOR_SECRET` is unset (local stacks).
@@ -271,6 +284,14 @@ impl Config {
                 sendgrid_inbound_basic_auth: get("SENDGRID_INBOUND_BASIC_AUTH"),
             },
             cursor_secret: get("CURSOR_SECRET"),
+            access: AccessConfig {
+                key_cache: seconds("API_KEY_CACHE_SECONDS", 30)?,
+                allowed_senders: Senders::parse(&get("ALLOWED_SENDERS").unwrap_or_default())
+                    .map_err(|reason| ConfigError::Invalid {
+                        name: "ALLOWED_SENDERS",
+                        reason,
+                    })?,
+            },
         })
     }
 

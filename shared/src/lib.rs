@@ -2,6 +2,7 @@
 //! the adapters that implement them on AWS and the providers, and the API and
 //! delivery logic the Lambda functions wire together.
 
+pub mod access;
 pub mod adapters;
 pub mod api;
 pub mod config;

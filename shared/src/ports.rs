@@ -311,3 +311,40 @@ pub trait ReportStore: Send + Sync {
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// API keys, found by the hash of the key (the key itself is never stored).
+pub trait ApiKeyStore: Send + Sync {
+    fn api_key(
+        &self,
+        hash: &str,
+    ) -> impl Future<Output = Result<Option<crate::domain::access::ApiKey>, StoreError>> + Send;
+
+    /// Records a use: sets `last_used_at` unless it is less than a minute old.
+    fn touch_api_key(
+        &self,
+        hash: &str,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Creating, listing and revoking keys (operators' tooling).
+pub trait ApiKeyAdmin: ApiKeyStore {
+    /// Stores a key under its hash; `false` if that key exists already.
+    fn create_api_key(
+        &self,
+        hash: &str,
+        key: &crate::domain::access::ApiKey,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every key, oldest first.
+    fn api_keys(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, crate::domain::access::ApiKey)>, StoreError>> + Send;
+
+    /// Marks a key revoked; `false` if there is no such key.
+    fn revoke_api_key(
+        &self,
+        hash: &str,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}

@@ -1,7 +1,12 @@
 //! What every function does once, at cold start: logging, configuration, and the
 //! AWS SDK clients (built here, never per request).
 
+use std::sync::Arc;
+
 use aws_config::SdkConfig;
+
+use crate::access::Authenticator;
+use crate::domain::access::Senders;
 
 use crate::adapters::dynamodb::DynamoDbStore;
 use crate::adapters::providers::{Providers, http_client};
@@ -61,6 +66,26 @@ impl Startup {
             self.config.delivery.retry,
             self.config.delivery.lease,
         ))
+    }
+
+    /// API keys, checked against the table with the configured cache time.
+    pub fn authenticator(&self) -> Arc<Authenticator<DynamoDbStore>> {
+        Arc::new(Authenticator::new(
+            self.message_store(),
+            self.config.access.key_cache,
+        ))
+    }
+
+    /// Who may send. An empty list allows every sender: fine locally, said
+    /// loudly on Lambda.
+    pub fn senders(&self) -> Senders {
+        let senders = self.config.access.allowed_senders.clone();
+        if senders.allows_any() && std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+            tracing::warn!(
+                "ALLOWED_SENDERS is empty: outbound messages may use any `from`; set the AllowedSenders parameter"
+            );
+        }
+        senders
     }
 
     /// The key pagination cursors are signed with.

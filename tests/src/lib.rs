@@ -222,10 +222,24 @@ pub async fn sent_message(
 }
 
 impl Api {
+    /// The API with the stack's key (`MESSAGING_API_KEY`, every scope) on every request.
     pub fn new() -> Self {
+        Self::with_key(Some(&env("MESSAGING_API_KEY")))
+    }
+
+    /// The API with another key, or none.
+    pub fn with_key(key: Option<&str>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = key {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {key}").parse().expect("a header value"),
+            );
+        }
         Self {
             base: env("MESSAGING_API_URL"),
             http: reqwest::Client::builder()
+                .default_headers(headers)
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),

@@ -3,14 +3,18 @@
 //! the functions' handlers with the real adapters against the local stack.
 
 use aws_lambda_events::event::sqs::SqsEvent;
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Bytes;
 use e2e_tests::{env, private_queue, queue, store};
 use lambda_http::http::Response;
 use serde_json::Value;
+use shared::access::Authenticator;
 use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::{SqsQueue, batch_response, decode_body, delivery_records};
 use shared::adapters::twilio_webhook::{self, EMPTY_TWIML};
+use shared::domain::access::Senders;
 use shared::domain::{Channel, ConversationKey, Direction, Message, Status, validate_outbound};
 use shared::ports::{ConversationReader, MessageStore};
 use shared::startup::Startup;
@@ -38,6 +42,12 @@ async fn invoke(router: &Router, request: lambda_http::Request) -> Response<Byte
     Response::from_parts(parts, bytes)
 }
 
+/// API keys as the functions check them (the fixtures carry the local stacks'
+/// fixture key).
+async fn keys() -> Arc<Authenticator<DynamoDbStore>> {
+    startup().await.authenticator()
+}
+
 fn json(response: &Response<Bytes>) -> Value {
     serde_json::from_slice(response.body().as_ref()).expect("JSON body")
 }
@@ -55,7 +65,12 @@ fn error_fields(body: &Value) -> Vec<&str> {
 async fn outbound_fixtures_are_queued() {
     let store = store().await;
     let (client, url) = private_queue().await;
-    let router = http::outbound_router(store.clone(), SqsQueue::new(client.clone(), &url));
+    let router = http::outbound_router(
+        store.clone(),
+        SqsQueue::new(client.clone(), &url),
+        Senders::default(),
+        keys().await,
+    );
     let mut ids = Vec::new();
     for (name, channel) in [
         ("outbound-sms.json", "sms"),
@@ -104,7 +119,12 @@ async fn outbound_fixtures_are_queued() {
 
 #[tokio::test]
 async fn outbound_bad_fixtures_get_4xx() {
-    let router = http::outbound_router(store().await, queue().await);
+    let router = http::outbound_router(
+        store().await,
+        queue().await,
+        Senders::default(),
+        keys().await,
+    );
     let response = invoke(&router, http_event("outbound-invalid.json")).await;
     assert_eq!(response.status(), 422);
     assert_eq!(
@@ -122,8 +142,38 @@ async fn outbound_bad_fixtures_get_4xx() {
 }
 
 #[tokio::test]
+async fn an_outbound_fixture_without_an_api_key_is_refused_and_nothing_is_stored() {
+    let (client, url) = private_queue().await;
+    let router = http::outbound_router(
+        store().await,
+        SqsQueue::new(client.clone(), &url),
+        Senders::default(),
+        keys().await,
+    );
+    let response = invoke(&router, http_event("outbound-no-api-key.json")).await;
+    assert_eq!(response.status(), 401, "{}", json(&response));
+    assert_eq!(error_fields(&json(&response)), vec!["Authorization"]);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"messaging\""
+    );
+    let received = client
+        .receive_message()
+        .queue_url(&url)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .expect("receive");
+    assert!(
+        received.messages.unwrap_or_default().is_empty(),
+        "nothing queued"
+    );
+    client.delete_queue().queue_url(&url).send().await.unwrap();
+}
+
+#[tokio::test]
 async fn inbound_fixture_is_stored_once() {
-    let router = http::inbound_router(store().await);
+    let router = http::inbound_router(store().await, keys().await);
     let first = invoke(&router, http_event("inbound-sms.json")).await;
     // The fixture's provider id may already be stored by an earlier run on the same table.
     assert!(
@@ -155,7 +205,11 @@ async fn inbound_fixture_is_stored_once() {
 #[tokio::test]
 async fn read_fixture_for_an_unknown_id_is_404() {
     let startup = startup().await;
-    let router = http::read_router(startup.message_store(), startup.cursor_codec());
+    let router = http::read_router(
+        startup.message_store(),
+        startup.cursor_codec(),
+        startup.authenticator(),
+    );
     let response = invoke(&router, http_event("get-message-unknown.json")).await;
     assert_eq!(response.status(), 404);
     assert_eq!(error_fields(&json(&response)), vec!["id"]);
@@ -380,7 +434,11 @@ async fn forged_and_unsigned_webhook_fixtures_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn conversation_fixtures_get_4xx() {
     let startup = startup().await;
-    let router = http::read_router(startup.message_store(), startup.cursor_codec());
+    let router = http::read_router(
+        startup.message_store(),
+        startup.cursor_codec(),
+        startup.authenticator(),
+    );
 
     let response = invoke(&router, http_event("list-conversations-bad-limit.json")).await;
     assert_eq!(response.status(), 400, "{}", json(&response));

@@ -126,3 +126,80 @@ async fn delivery_logs_carry_ids_and_never_secrets_or_bodies() {
         assert!(logs.contains(id), "logs lack {id}:\n{logs}");
     }
 }
+
+/// API requests at every level, with a good key, an unknown one and one
+/// without the scope: the logs name keys by id only, never the key.
+#[tokio::test]
+async fn api_keys_never_reach_the_logs() {
+    use shared::domain::Scope;
+    use shared::domain::access::{ApiKey, generate_key, key_hash, key_id};
+    use shared::ports::ApiKeyAdmin;
+    use tower::ServiceExt;
+
+    let store = store().await;
+    let good = generate_key();
+    let record = ApiKey {
+        key_id: key_id(&good),
+        name: "logging test".into(),
+        scopes: vec![Scope::MessagesSend],
+        created_at: time::OffsetDateTime::now_utc(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    store
+        .create_api_key(&key_hash(&good), &record)
+        .await
+        .unwrap();
+    let unknown = generate_key();
+    let startup = shared::startup::Startup::load().await.unwrap();
+    let outbound = shared::http::outbound_router(
+        startup.message_store(),
+        e2e_tests::queue().await,
+        Default::default(),
+        startup.authenticator(),
+    );
+    let read = shared::http::read_router(
+        startup.message_store(),
+        startup.cursor_codec(),
+        startup.authenticator(),
+    );
+
+    let captured = Captured::default();
+    let subscriber = shared::telemetry::json_subscriber(EnvFilter::new("trace"), captured.clone());
+    let guard = tracing::subscriber::set_default(subscriber);
+    let body = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": "hi"});
+    for key in [&good, &unknown] {
+        let request = lambda_http::http::Request::post("/messages/outbound")
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        outbound.clone().oneshot(request).await.unwrap();
+        let request =
+            lambda_http::http::Request::get("/messages/01932c07-a0c4-7b6e-8000-000000000404")
+                .header("authorization", format!("Bearer {key}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+        read.clone().oneshot(request).await.unwrap();
+    }
+    drop(guard);
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("request refused"),
+        "the refusals are logged:\n{logs}"
+    );
+    assert!(
+        logs.contains(&key_id(&good)),
+        "the key id is logged:\n{logs}"
+    );
+    for secret in [
+        good.as_str(),
+        unknown.as_str(),
+        &good[17..],
+        &unknown[17..],
+        "Bearer ",
+    ] {
+        assert!(!logs.contains(secret), "logs contain {secret:?}:\n{logs}");
+    }
+}

@@ -8,6 +8,7 @@ use e2e_tests::{aws, env, marker, phone, private_queue, store, stored_with_marke
 use serde_json::json;
 use shared::adapters::sqs::{SqsQueue, decode_body};
 use shared::api::{AcceptError, OutboundAccepted, accept_inbound, accept_outbound};
+use shared::domain::access::Senders;
 use shared::domain::{Direction, IdempotencyKey, Message, Status, validate_outbound};
 use shared::http::ApiError;
 use shared::ports::{
@@ -308,7 +309,7 @@ async fn a_failed_enqueue_is_a_503_and_leaves_nothing_stored() {
     let key = IdempotencyKey::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
     let payload = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": marker});
     let payload = payload.as_object().unwrap();
-    let err = accept_outbound(&store, &broken, payload, Some(&key))
+    let err = accept_outbound(&store, &broken, &Senders::default(), payload, Some(&key))
         .await
         .expect_err("enqueue into a missing queue must fail");
     assert!(matches!(err, AcceptError::Unavailable(_)), "{err:?}");
@@ -322,7 +323,7 @@ async fn a_failed_enqueue_is_a_503_and_leaves_nothing_stored() {
     // The key was released with it: a retry with a working queue is accepted anew.
     let (client, url) = private_queue().await;
     let working = SqsQueue::new(client.clone(), &url);
-    let retried = accept_outbound(&store, &working, payload, Some(&key))
+    let retried = accept_outbound(&store, &working, &Senders::default(), payload, Some(&key))
         .await
         .unwrap();
     assert!(
@@ -340,8 +341,9 @@ async fn concurrent_requests_with_one_idempotency_key_queue_one_message() {
     let key = IdempotencyKey::parse(&format!("order-{}", uuid::Uuid::new_v4())).unwrap();
     let payload = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": "once"});
     let payload = payload.as_object().unwrap();
+    let senders = Senders::default();
     let results = futures::future::join_all(
-        (0..20).map(|_| accept_outbound(&store, &queue, payload, Some(&key))),
+        (0..20).map(|_| accept_outbound(&store, &queue, &senders, payload, Some(&key))),
     )
     .await;
     let mut queued = Vec::new();
@@ -368,9 +370,15 @@ async fn concurrent_requests_with_one_idempotency_key_queue_one_message() {
 
     // The same key with another body is a conflict.
     let other = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": "different"});
-    let err = accept_outbound(&store, &queue, other.as_object().unwrap(), Some(&key))
-        .await
-        .unwrap_err();
+    let err = accept_outbound(
+        &store,
+        &queue,
+        &Senders::default(),
+        other.as_object().unwrap(),
+        Some(&key),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(ApiError::from(err).status(), 409);
     client.delete_queue().queue_url(&url).send().await.unwrap();
 }

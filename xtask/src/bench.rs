@@ -356,6 +356,7 @@ pub async fn run(args: &[String]) -> Result<()> {
             // Delivery figures measure delivery: no provider reports competing
             // for the two cores.
             provider_reports: false,
+            api_key: shared::domain::access::generate_key(),
         },
     )
     .await?;

@@ -2,6 +2,7 @@
 //! runs every check and test against a fresh one.
 
 mod bench;
+mod keys;
 mod openapi;
 mod policy;
 mod process;
@@ -54,6 +55,9 @@ commands:
               queue show <message-id>  one message, its lease and its state
             (`cargo xtask queue --help` for the options)
   inspect   the same as `queue stats`
+  keys      API keys on the dev stack (or --aws): keys create [--name NAME]
+            --scopes a,b | keys list | keys revoke <key id or key>
+            (`cargo xtask keys --help`)
   routes    print the `cargo lambda watch` router for Cargo.toml, generated
             from the route table (shared/src/http/routes.rs)
   bench     release builds on a fresh stack: cold starts, handler overhead, API
@@ -88,6 +92,7 @@ async fn main() -> ExitCode {
         Some("sam-image") => sam::image_command(&args[1..]),
         Some("sam-test") => sam::test(&args[1..]).await,
         Some("routes") => routes::command(),
+        Some("keys") => keys::command(&args[1..]).await,
         Some("inspect") => queue::inspect(&args[1..]).await,
         Some("setup") => python::ensure_sam(&root())
             .and_then(|_| python::ensure_localstack(&root()))
@@ -186,6 +191,8 @@ fn test_options(logs: &Path) -> Result<Options> {
         function_env: vec![
             ("RETRY_BASE_SECONDS".into(), "1".into()),
             ("RETRY_MAX_SECONDS".into(), "2".into()),
+            // Revocation tests wait for the key cache to expire.
+            ("API_KEY_CACHE_SECONDS".into(), "2".into()),
             ("PROVIDER_TIMEOUT_SECONDS".into(), "5".into()),
             ("LEASE_SECONDS".into(), "10".into()),
         ],
@@ -193,6 +200,7 @@ fn test_options(logs: &Path) -> Result<Options> {
         concurrency: 4,
         release: false,
         provider_reports: true,
+        api_key: shared::domain::access::generate_key(),
     })
 }
 
@@ -258,6 +266,7 @@ async fn dev(args: &[String]) -> Result<()> {
     }
     let root = root();
     let tools = python::ensure(&root)?;
+    let api_key = keys::dev_key(&root)?;
     python::run(&mut cargo(&["build", "--workspace", "--bins"]))?;
     if sam {
         sam::dev_build(&root, &tools)?;
@@ -277,6 +286,7 @@ async fn dev(args: &[String]) -> Result<()> {
             concurrency: 2,
             release: false,
             provider_reports: true,
+            api_key,
         },
         emulator,
     );
@@ -332,7 +342,7 @@ async fn dev(args: &[String]) -> Result<()> {
         String::new()
     };
     println!(
-        "\nxtask: local stack ready\n  API:            {api_line}\n  DynamoDB:       {dynamodb} ({dynamodb_by}; table {table})\n  SQS:            {sqs} ({sqs_by}; queue {queue})\n  Provider sim:   {sim}\n\n  curl -s -X POST {api}/messages/outbound -H 'content-type: application/json' \\\n    -d '{{\"from\":\"+18045551234\",\"to\":\"+12016661234\",\"type\":\"sms\",\"body\":\"Hello\",\"attachments\":null}}'\n  cargo xtask queue {queue_endpoints}stats\n\nPress Ctrl-C to stop.",
+        "\nxtask: local stack ready\n  API:            {api_line}\n  DynamoDB:       {dynamodb} ({dynamodb_by}; table {table})\n  SQS:            {sqs} ({sqs_by}; queue {queue})\n  Provider sim:   {sim}\n  API key:        {key} (every scope; {key_source})\n\n  export MESSAGING_API_KEY={key}\n  curl -s -X POST {api}/messages/outbound -H \"Authorization: Bearer $MESSAGING_API_KEY\" -H 'content-type: application/json' \\\n    -d '{{\"from\":\"+18045551234\",\"to\":\"+12016661234\",\"type\":\"sms\",\"body\":\"Hello\",\"attachments\":null}}'\n  cargo xtask queue {queue_endpoints}stats\n\nPress Ctrl-C to stop.",
         api = sam_api.as_ref().map_or(&stack.api_url, |a| &a.url),
         dynamodb = stack.dynamodb.url,
         dynamodb_by = stack.dynamodb.by,
@@ -344,6 +354,12 @@ async fn dev(args: &[String]) -> Result<()> {
             .simulator_url
             .as_deref()
             .unwrap_or("(not started: provider URLs given)"),
+        key = stack.api_key(),
+        key_source = if std::env::var_os("MESSAGING_API_KEY").is_some() {
+            "MESSAGING_API_KEY"
+        } else {
+            ".local/dev-api-key"
+        },
     );
     wait_for_shutdown().await;
     if let Some(api) = sam_api {

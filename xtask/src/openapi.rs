@@ -281,6 +281,9 @@ async fn webhook_credentials(env: &dyn Fn(&str) -> Option<String>) -> Vec<(Strin
     if let Some(token) = twilio {
         found.push(("XTASK_OPENAPI_TWILIO_AUTH_TOKEN".to_owned(), token));
     }
+    if let Some(key) = env("MESSAGING_API_KEY") {
+        found.push(("XTASK_OPENAPI_API_KEY".to_owned(), key));
+    }
     if let Some(user_password) = env("SENDGRID_INBOUND_BASIC_AUTH") {
         found.push((
             "XTASK_OPENAPI_SENDGRID_BASIC_AUTH".to_owned(),

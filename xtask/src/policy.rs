@@ -58,6 +58,8 @@ mod tests {
             "ReadFunction",
             &[
                 ("dynamodb:GetItem", TABLE),
+                // API keys' last use (APIKEY# items only).
+                ("dynamodb:UpdateItem", TABLE),
                 // The two conversation indexes, no other (and no Scan).
                 (
                     "dynamodb:Query",

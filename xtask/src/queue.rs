@@ -867,7 +867,7 @@ fn clip(s: &str, max: usize) -> String {
 
 /// A plain text table: columns padded to their widest cell (the last one not),
 /// control characters escaped so every row stays on one line.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let escape = |s: &str| -> String {
         let escaped = |c: char| {
             if c.is_control() {

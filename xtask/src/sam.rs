@@ -79,17 +79,22 @@ const FUNCTIONS: [&str; 5] = [
 /// Messages the SQS fixture names (records 1 and 4), stored before it is invoked.
 const SEEDED_SMS: &str = "01932c07-a0c4-7b6e-8000-0000000000a1";
 const SEEDED_EMAIL: &str = "01932c07-a0c4-7b6e-8000-0000000000a2";
+/// The template's AllowedSenders has no default; env.json then sets
+/// ALLOWED_SENDERS empty (any sender), as the other local stacks run.
+const LOCAL_ALLOWED_SENDERS: &str = "+18045551234";
+const ALLOWED_SENDERS: &str = "ALLOWED_SENDERS";
 /// Set for every function in env.json (see [`prepare_local`]).
 const CURSOR_SECRET: &str = "CURSOR_SECRET";
 /// Stack variables the functions do not get: the SDK's credentials and region come
 /// from SAM (its own environment), the rest are for the test suites.
-const NOT_FOR_FUNCTIONS: [&str; 10] = [
+const NOT_FOR_FUNCTIONS: [&str; 11] = [
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "DLQ_URL",
     "MESSAGING_API_URL",
+    "MESSAGING_API_KEY",
     "PROVIDER_SIM_URL",
     // The credentials reach the delivery function through the secret, as on AWS.
     "TWILIO_ACCOUNT_SID",
@@ -382,7 +387,7 @@ fn sam_build(root: &Path, tools: &Tools) -> Result<Duration> {
             .args([
                 "build",
                 "--parameter-overrides",
-                &format!("Architecture={ARCHITECTURE}"),
+                &format!("Architecture={ARCHITECTURE} AllowedSenders={LOCAL_ALLOWED_SENDERS}"),
                 "--build-dir",
                 "target/sam/build",
                 "--no-cached",
@@ -621,7 +626,7 @@ async fn invoke(
         .arg(template)
         .args([
             "--parameter-overrides",
-            &format!("Architecture={ARCHITECTURE}"),
+            &format!("Architecture={ARCHITECTURE} AllowedSenders={LOCAL_ALLOWED_SENDERS}"),
         ])
         .args(["--invoke-image", IMAGE, "--skip-pull-image"])
         .arg("--env-vars")
@@ -946,6 +951,7 @@ async fn prepare_local(
     // the key). The stack's key instead, or empty, which means the development key,
     // as the functions use it under `cargo lambda watch`.
     variables.entry(CURSOR_SECRET.to_owned()).or_default();
+    variables.entry(ALLOWED_SENDERS.to_owned()).or_default();
     let gateway = bridge_gateway()?;
     reach_from_containers(&mut variables, gateway, forwarders).await?;
     let env_file = sam_dir(root).join("env.json");
@@ -976,7 +982,7 @@ async fn invoke_suite(
 ) -> Result<()> {
     const SQS_FIXTURE: &str = "sqs-delivery-batch.json";
     println!("\nxtask: ===== sam local invoke: every fixture in events/ =====");
-    let cases: [(&str, &str, Expect); 17] = [
+    let cases: [(&str, &str, Expect); 18] = [
         (
             "OutboundFunction",
             "outbound-sms.json",
@@ -1006,6 +1012,11 @@ async fn invoke_suite(
             "OutboundFunction",
             "outbound-wrong-content-type.json",
             Expect::Errors(415, &["content-type"]),
+        ),
+        (
+            "OutboundFunction",
+            "outbound-no-api-key.json",
+            Expect::Errors(401, &["Authorization"]),
         ),
         (
             "InboundFunction",
@@ -1298,7 +1309,7 @@ fn start_api_command(
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args([
             "--parameter-overrides",
-            &format!("Architecture={ARCHITECTURE}"),
+            &format!("Architecture={ARCHITECTURE} AllowedSenders={LOCAL_ALLOWED_SENDERS}"),
         ])
         .args(["--invoke-image", IMAGE, "--skip-pull-image"])
         .arg("--env-vars")
@@ -1310,7 +1321,7 @@ fn start_api_command(
     command
 }
 
-/// Waits until start-api routes a request to a function (the read function's 404).
+/// Waits until start-api routes a request to a function (the read function's 401).
 /// `see` says where its output is, for the errors.
 async fn wait_for_api(api: &str, child: &mut tokio::process::Child, see: &str) -> Result<()> {
     let client = reqwest::Client::builder()
@@ -1319,8 +1330,10 @@ async fn wait_for_api(api: &str, child: &mut tokio::process::Child, see: &str) -
     let probe = format!("{api}/messages/00000000-0000-7000-8000-000000000000");
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
+        // The read function's own JSON answer: 401 without a key (the probe
+        // sends none), 404 for the unknown id.
         if let Ok(response) = client.get(&probe).send().await
-            && response.status().as_u16() == 404
+            && matches!(response.status().as_u16(), 401 | 404)
             && response
                 .json::<Value>()
                 .await

@@ -20,6 +20,8 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use tokio::process::Command;
 
+use shared::domain::Scope;
+
 use crate::process::{LogSink, Service};
 use crate::python::{self, Tools};
 use crate::template::{self, Infrastructure, QueueSpec};
@@ -139,6 +141,8 @@ pub struct Options {
     /// Whether the providers report back: Twilio status callbacks (delivery sends
     /// a `StatusCallback`) and SendGrid events from the simulator to the webhooks.
     pub provider_reports: bool,
+    /// Registered with every scope and handed to the tests as `MESSAGING_API_KEY`.
+    pub api_key: String,
 }
 
 pub struct Stack {
@@ -513,6 +517,7 @@ impl Stack {
             concurrency,
             release,
             provider_reports,
+            api_key,
         } = options;
         let bin_dir = root
             .join("target")
@@ -535,6 +540,16 @@ impl Stack {
         let sqs_client = aws_sdk_sqs::Client::new(&aws_config(&sqs.url).await);
         let dynamodb_client = aws_sdk_dynamodb::Client::new(&aws_config(&dynamodb.url).await);
         create_table(&dynamodb_client, &infra).await?;
+        let keys =
+            shared::adapters::dynamodb::DynamoDbStore::new(dynamodb_client.clone(), TABLE_NAME);
+        crate::keys::register(&keys, &api_key, "local stack", &Scope::ALL).await?;
+        crate::keys::register(
+            &keys,
+            crate::keys::FIXTURE_API_KEY,
+            "event fixtures",
+            &Scope::ALL,
+        )
+        .await?;
         // A test stack on a LocalStack the user runs gets queues of its own,
         // deleted when it stops, so that it neither reconfigures nor drains the
         // user's `messages` queue (which a `cargo xtask dev` may be consuming).
@@ -733,6 +748,7 @@ impl Stack {
         stack
             .env
             .push(("MESSAGING_API_URL".into(), stack.api_url.clone()));
+        stack.env.push(("MESSAGING_API_KEY".into(), api_key));
         if let Some(url) = &stack.simulator_url {
             stack.env.push(("PROVIDER_SIM_URL".into(), url.clone()));
         }
@@ -740,10 +756,26 @@ impl Stack {
         Ok(stack)
     }
 
+    /// The stack's API key (every scope).
+    pub fn api_key(&self) -> &str {
+        self.env
+            .iter()
+            .find(|(name, _)| name == "MESSAGING_API_KEY")
+            .map(|(_, key)| key.as_str())
+            .unwrap_or_default()
+    }
+
     /// Starts every HTTP function once (answers 404, 422 or 403), so
     /// start-up problems show here rather than in the first test.
     async fn warm_up(&mut self) -> Result<()> {
-        let client = reqwest::Client::new();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.api_key()).parse()?,
+        );
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?;
         let api = &self.api_url;
         let probes = [
             (

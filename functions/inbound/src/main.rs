@@ -7,5 +7,6 @@ use shared::{http, startup::Startup};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let startup = Startup::init().await?;
-    lambda_http::run(http::inbound_router(startup.message_store())).await
+    let router = http::inbound_router(startup.message_store(), startup.authenticator());
+    lambda_http::run(router).await
 }

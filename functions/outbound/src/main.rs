@@ -6,6 +6,11 @@ use shared::{http, startup::Startup};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let startup = Startup::init().await?;
-    let router = http::outbound_router(startup.message_store(), startup.delivery_queue()?);
+    let router = http::outbound_router(
+        startup.message_store(),
+        startup.delivery_queue()?,
+        startup.senders(),
+        startup.authenticator(),
+    );
     lambda_http::run(router).await
 }

@@ -8,6 +8,10 @@ use shared::{http, startup::Startup};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let startup = Startup::init().await?;
-    let router = http::read_router(startup.message_store(), startup.cursor_codec());
+    let router = http::read_router(
+        startup.message_store(),
+        startup.cursor_codec(),
+        startup.authenticator(),
+    );
     lambda_http::run(router).await
 }

@@ -28,6 +28,12 @@ impl IdempotencyKey {
         Ok(Self(key.to_owned()))
     }
 
+    /// The key in the namespace of one caller (an API key id): the same key
+    /// from two callers names two different requests.
+    pub fn for_caller(self, caller: &str) -> Self {
+        Self(format!("{caller}:{}", self.0))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

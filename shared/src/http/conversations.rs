@@ -9,9 +9,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde::Serialize;
 
+use crate::access::Authenticator;
 use crate::conversations::{self as use_case, Listing};
 use crate::cursor::CursorCodec;
-use crate::ports::{ConversationReader, MessageStore};
+use crate::ports::{ApiKeyStore, ConversationReader, MessageStore};
 use crate::views::{ConversationView, MessageView};
 
 use super::{ApiError, Function, Operation, QueryParams, Routes, json_response, messages};
@@ -24,11 +25,13 @@ struct Read<S> {
 type Params = QueryParams;
 
 /// The read function's router.
-pub fn read_router<S>(store: S, cursors: CursorCodec) -> Router
+pub fn read_router<S, K>(store: S, cursors: CursorCodec, keys: Arc<Authenticator<K>>) -> Router
 where
     S: MessageStore + ConversationReader + 'static,
+    K: ApiKeyStore + 'static,
 {
     Routes::new(Function::Read)
+        .with_keys(keys)
         .serve(
             Operation::GetMessage,
             |State(app): State<Arc<Read<S>>>, id: Path<String>| async move {

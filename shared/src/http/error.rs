@@ -6,8 +6,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::access::AuthError;
 use crate::api::{AcceptError, ReadError};
 use crate::domain::FieldError;
+use crate::domain::access::AccessError;
 use crate::ports::{QueueError, StoreError};
 use crate::webhooks::WebhookError;
 
@@ -186,6 +188,26 @@ impl From<ReadError> for ApiError {
                 message,
             },
             ReadError::Unavailable(reason) => Self::Unavailable(reason),
+        }
+    }
+}
+
+/// The challenge answered with every 401 of the API (RFC 6750).
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"messaging\"";
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Refused(AccessError::MissingScope(_)) => Self::Forbidden {
+                field: "Authorization",
+                message: e.to_string(),
+            },
+            AuthError::Refused(_) => Self::Unauthorized {
+                field: "Authorization",
+                challenge: BEARER_CHALLENGE.to_owned(),
+                message: e.to_string(),
+            },
+            AuthError::Unavailable(reason) => Self::Unavailable(reason),
         }
     }
 }

@@ -2,15 +2,18 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use tracing::warn;
 
+use crate::access::{Authenticator, Caller};
 use crate::api::{self, OutboundAccepted};
+use crate::domain::access::Senders;
 use crate::domain::{IdempotencyKey, Message};
-use crate::ports::{ConversationLog, DeliveryQueue, InboundInsert, MessageStore};
+use crate::ports::{ApiKeyStore, ConversationLog, DeliveryQueue, InboundInsert, MessageStore};
 use crate::views::MessageView;
 
 use super::{
@@ -21,33 +24,49 @@ use super::{
 struct Outbound<S, Q> {
     store: S,
     queue: Q,
+    senders: Senders,
 }
 
 /// The outbound function's router: `POST /messages/outbound`.
-pub fn outbound_router<S, Q>(store: S, queue: Q) -> Router
+pub fn outbound_router<S, Q, K>(
+    store: S,
+    queue: Q,
+    senders: Senders,
+    keys: Arc<Authenticator<K>>,
+) -> Router
 where
     S: MessageStore + ConversationLog + 'static,
     Q: DeliveryQueue + 'static,
+    K: ApiKeyStore + 'static,
 {
     Routes::new(Function::Outbound)
+        .with_keys(keys)
         .serve(Operation::SendMessage, send_message::<S, Q>)
-        .finish(Arc::new(Outbound { store, queue }))
+        .finish(Arc::new(Outbound {
+            store,
+            queue,
+            senders,
+        }))
 }
 
 /// The inbound function's router: `POST /messages/inbound`.
-pub fn inbound_router<S>(store: S) -> Router
+pub fn inbound_router<S, K>(store: S, keys: Arc<Authenticator<K>>) -> Router
 where
     S: MessageStore + ConversationLog + 'static,
+    K: ApiKeyStore + 'static,
 {
     Routes::new(Function::Inbound)
+        .with_keys(keys)
         .serve(Operation::RecordInbound, record_inbound::<S>)
         .finish(Arc::new(store))
 }
 
 /// 202 with the queued message and its `Location`; a replay of an idempotent
-/// request gets the first answer again, marked `Idempotent-Replayed: true`.
+/// request (same key from the same API key) gets the first answer again,
+/// marked `Idempotent-Replayed: true`.
 async fn send_message<S, Q>(
     State(app): State<Arc<Outbound<S, Q>>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     JsonObject(payload): JsonObject,
 ) -> Result<Response, ApiError>
@@ -58,11 +77,14 @@ where
     let key = header_str(&headers, IDEMPOTENCY_KEY)
         .map(|value| {
             IdempotencyKey::parse(value)
+                .map(|key| key.for_caller(&caller.key_id))
                 .map_err(|e| ApiError::bad_request(IDEMPOTENCY_KEY, e.to_string()))
         })
         .transpose()?;
     Ok(
-        match api::accept_outbound(&app.store, &app.queue, &payload, key.as_ref()).await? {
+        match api::accept_outbound(&app.store, &app.queue, &app.senders, &payload, key.as_ref())
+            .await?
+        {
             OutboundAccepted::Queued(m) => message_response(StatusCode::ACCEPTED, &m),
             OutboundAccepted::Replayed {
                 message_id,

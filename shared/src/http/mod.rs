@@ -10,6 +10,7 @@ pub mod routes;
 mod webhooks;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -18,10 +19,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, on};
+use futures::future::BoxFuture;
 use lambda_http::RequestExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tracing::{Instrument, info_span};
+
+use crate::access::{AuthError, Authenticator, Caller};
+use crate::domain::Scope;
+use crate::ports::ApiKeyStore;
 
 pub use error::ApiError;
 pub use routes::{Function, Operation, Route};
@@ -44,7 +50,13 @@ pub struct Routes<S> {
     function: Function,
     router: Router<S>,
     served: HashSet<Operation>,
+    keys: Option<Authenticate>,
 }
+
+/// The API key check, whatever store the keys live in.
+type Authenticate = Arc<
+    dyn Fn(Option<String>, Scope) -> BoxFuture<'static, Result<Caller, AuthError>> + Send + Sync,
+>;
 
 impl<S: Clone + Send + Sync + 'static> Routes<S> {
     pub fn new(function: Function) -> Self {
@@ -52,7 +64,17 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
             function,
             router: Router::new(),
             served: HashSet::new(),
+            keys: None,
         }
+    }
+
+    /// Checks API keys with `keys` on every route the table gives a scope.
+    pub fn with_keys<K: ApiKeyStore + 'static>(mut self, keys: Arc<Authenticator<K>>) -> Self {
+        self.keys = Some(Arc::new(move |authorization, scope| {
+            let keys = keys.clone();
+            Box::pin(async move { keys.authenticate(authorization.as_deref(), scope).await })
+        }));
+        self
     }
 
     /// Serves `operation` with `handler` (any method router; the table's method
@@ -67,7 +89,14 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
             route.function, self.function,
             "{operation:?} belongs to another function"
         );
-        let method_router: MethodRouter<S> = on(route.method_filter(), handler);
+        let mut method_router: MethodRouter<S> = on(route.method_filter(), handler);
+        if let Some(scope) = route.scope {
+            let keys = self.keys.clone().unwrap_or_else(|| {
+                panic!("{operation:?} needs an API key: build the router with_keys first")
+            });
+            method_router = method_router
+                .route_layer(middleware::from_fn_with_state((keys, scope), require_key));
+        }
         for path in route.paths() {
             self.router = self.router.route(&path, method_router.clone());
         }
@@ -97,15 +126,39 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     }
 }
 
-/// Every request runs in a span carrying its method, path and Lambda request id.
+/// Every request runs in a span carrying its method, path and Lambda request
+/// id, and the API key's id once it is known (never the key).
 async fn request_span(request: Request, next: Next) -> Response {
     let request_id = request
         .lambda_context_ref()
         .map(|c| c.request_id.clone())
         .unwrap_or_default();
-    let span =
-        info_span!("request", method = %request.method(), path = request.uri().path(), request_id);
+    let span = info_span!(
+        "request",
+        method = %request.method(),
+        path = request.uri().path(),
+        request_id,
+        key_id = tracing::field::Empty,
+    );
     next.run(request).instrument(span).await
+}
+
+/// The API key layer: `Authorization: Bearer <key>` with the route's scope,
+/// else 401 (403 for a key without the scope); the caller is handed to the
+/// handler as an extension.
+async fn require_key(
+    axum::extract::State((keys, scope)): axum::extract::State<(Authenticate, Scope)>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let authorization =
+        header_str(request.headers(), header::AUTHORIZATION.as_str()).map(str::to_owned);
+    let caller = keys(authorization, scope).await.inspect_err(|e| {
+        tracing::info!(error = %e, scope = scope.as_str(), "request refused");
+    })?;
+    tracing::Span::current().record("key_id", caller.key_id.as_str());
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
 }
 
 async fn no_route(request: Request) -> ApiError {

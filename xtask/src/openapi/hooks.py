@@ -34,6 +34,7 @@ SENDGRID_BASIC_AUTH = os.environ.get("XTASK_OPENAPI_SENDGRID_BASIC_AUTH")
 SENDGRID_SIGNING_KEY = os.environ.get("XTASK_OPENAPI_SENDGRID_SIGNING_KEY")
 SENDGRID_PUBLIC_KEY = os.environ.get("XTASK_OPENAPI_SENDGRID_PUBLIC_KEY")
 ANSWERS = os.environ.get("XTASK_OPENAPI_ANSWERS")
+API_KEY = os.environ.get("XTASK_OPENAPI_API_KEY")
 
 # P-256 (secp256r1), for SendGrid's ECDSA-signed Event Webhook.
 P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
@@ -128,7 +129,10 @@ def _set(headers, name, value):
 
 def _sign(case, headers):
     path = case.formatted_path
-    if TWILIO_AUTH_TOKEN and path.startswith("/webhooks/twilio/") and isinstance(case.body, dict):
+    if API_KEY and not path.startswith("/webhooks/"):
+        # Every route but the webhooks takes the stack's API key (every scope).
+        _set(headers, "Authorization", f"Bearer {API_KEY}")
+    elif TWILIO_AUTH_TOKEN and path.startswith("/webhooks/twilio/") and isinstance(case.body, dict):
         if not _given(headers, "X-Twilio-Signature"):
             return
         encoded = urllib.parse.urlencode(_form_pairs(case.body)).encode()

@@ -12,7 +12,8 @@
 //!   (Twilio `SM…` sids and SendGrid `X-Message-Id`s), written just before the
 //!   `sent` status, so status callbacks find their message;
 //! - `EVENT#<provider>#<event id>`: a provider event already handled (TTL 7 days);
-//! - conversations (see [`conversations`]): `CONV#<id>` and `CONVPART#<id>#<participant>`.
+//! - conversations (see [`conversations`]): `CONV#<id>` and `CONVPART#<id>#<participant>`;
+//! - API keys (see [`keys`]): `APIKEY#<SHA-256 of the key>`.
 //!
 //! Message items also carry `conversation_sort`, their position in their
 //! conversation (GSI `conversation-messages`).
@@ -20,6 +21,7 @@
 mod condition;
 mod conversations;
 mod item;
+mod keys;
 mod reports;
 
 use std::collections::HashMap;
