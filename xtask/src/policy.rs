@@ -58,7 +58,7 @@ mod tests {
             "ReadFunction",
             &[
                 ("dynamodb:GetItem", TABLE),
-                // API keys' last use (APIKEY# items only).
+                // API keys' last use.
                 ("dynamodb:UpdateItem", TABLE),
                 // The two conversation indexes, no other (and no Scan).
                 (
