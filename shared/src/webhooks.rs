@@ -88,6 +88,11 @@ pub struct RequestOrigin<'a> {
     pub path_and_query: &'a str,
 }
 
+/// Proof that an Inbound Parse post carried the configured credentials: only
+/// [`Webhooks::check_inbound_credentials`] makes one, and
+/// [`Webhooks::sendgrid_inbound`] takes one, so the check happens exactly once.
+pub struct InboundParseCaller(());
+
 /// Inbound Parse's basic-auth realm.
 pub const INBOUND_PARSE_REALM: &str = "sendgrid-inbound-parse";
 
@@ -209,13 +214,13 @@ where
     pub fn check_inbound_credentials(
         &self,
         authorization: Option<&str>,
-    ) -> Result<(), WebhookError> {
+    ) -> Result<InboundParseCaller, WebhookError> {
         let authorized = self
             .inbound_basic_auth
             .as_deref()
             .is_some_and(|expected| sendgrid_webhook::basic_auth_matches(authorization, expected));
         if authorized {
-            Ok(())
+            Ok(InboundParseCaller(()))
         } else {
             Err(rejected(
                 ProviderKind::SendGrid,
@@ -230,11 +235,10 @@ where
     /// HTTP Basic credentials.
     pub async fn sendgrid_inbound(
         &self,
-        authorization: Option<&str>,
+        _caller: InboundParseCaller,
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<InboundInsert, WebhookError> {
-        self.check_inbound_credentials(authorization)?;
         let new = sendgrid_webhook::parse_inbound(content_type, body)
             .await
             .map_err(WebhookError::Invalid)?;

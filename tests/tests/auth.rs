@@ -47,10 +47,11 @@ fn requests(api: &Api, body: &Value) -> Vec<(Operation, reqwest::RequestBuilder)
     http::routes::all()
         .filter(|(_, route)| route.scope.is_some())
         .map(|(op, route)| {
-            let path = route
-                .path
-                .replace("/messages/{id}", &format!("/messages/{id}"))
-                .replace("{id}", conversation);
+            let path = if route.path.starts_with("/messages/") {
+                route.path.replace("{id}", id)
+            } else {
+                route.path.replace("{id}", conversation)
+            };
             let request = match route.method {
                 "GET" => api
                     .http()
@@ -64,12 +65,19 @@ fn requests(api: &Api, body: &Value) -> Vec<(Operation, reqwest::RequestBuilder)
 }
 
 fn assert_refused(op: Operation, answer: &e2e_tests::Answer, status: u16) {
-    assert_eq!(answer.status, status, "{op:?}: {}", answer.json);
-    assert_eq!(answer.json["errors"][0]["field"], "Authorization", "{op:?}");
+    assert_refused_with(op, "", answer, status);
+}
+
+fn assert_refused_with(op: Operation, case: &str, answer: &e2e_tests::Answer, status: u16) {
+    assert_eq!(answer.status, status, "{op:?} {case}: {}", answer.json);
+    assert_eq!(
+        answer.json["errors"][0]["field"], "Authorization",
+        "{op:?} {case}"
+    );
     if status == 401 {
         assert_eq!(
             answer.headers["www-authenticate"], "Bearer realm=\"messaging\"",
-            "{op:?}"
+            "{op:?} {case}"
         );
     }
 }
@@ -90,8 +98,7 @@ async fn every_route_but_the_webhooks_refuses_missing_wrong_and_unknown_keys() {
         let api = Api::with_key(key);
         for (op, request) in requests(&api, &body) {
             let answer = api.send(request).await;
-            assert_refused(op, &answer, 401);
-            let _ = what;
+            assert_refused_with(op, what, &answer, 401);
         }
     }
     // A scheme other than Bearer.
@@ -100,7 +107,7 @@ async fn every_route_but_the_webhooks_refuses_missing_wrong_and_unknown_keys() {
         let answer = api
             .send(request.header("authorization", "Basic dXNlcjpwYXNz"))
             .await;
-        assert_refused(op, &answer, 401);
+        assert_refused_with(op, "Basic scheme", &answer, 401);
     }
     assert_eq!(stored_with_marker(&marker).await, 0, "nothing stored");
 }

@@ -48,6 +48,12 @@ async fn keys() -> Arc<Authenticator<DynamoDbStore>> {
     startup().await.authenticator()
 }
 
+/// The outbound function's router as its `main` builds it (any sender allowed,
+/// as on the local stacks), over `queue`.
+async fn outbound(store: DynamoDbStore, queue: SqsQueue) -> Router {
+    http::outbound_router(store, queue, Senders::default(), keys().await)
+}
+
 fn json(response: &Response<Bytes>) -> Value {
     serde_json::from_slice(response.body().as_ref()).expect("JSON body")
 }
@@ -65,12 +71,7 @@ fn error_fields(body: &Value) -> Vec<&str> {
 async fn outbound_fixtures_are_queued() {
     let store = store().await;
     let (client, url) = private_queue().await;
-    let router = http::outbound_router(
-        store.clone(),
-        SqsQueue::new(client.clone(), &url),
-        Senders::default(),
-        keys().await,
-    );
+    let router = outbound(store.clone(), SqsQueue::new(client.clone(), &url)).await;
     let mut ids = Vec::new();
     for (name, channel) in [
         ("outbound-sms.json", "sms"),
@@ -119,12 +120,7 @@ async fn outbound_fixtures_are_queued() {
 
 #[tokio::test]
 async fn outbound_bad_fixtures_get_4xx() {
-    let router = http::outbound_router(
-        store().await,
-        queue().await,
-        Senders::default(),
-        keys().await,
-    );
+    let router = outbound(store().await, queue().await).await;
     let response = invoke(&router, http_event("outbound-invalid.json")).await;
     assert_eq!(response.status(), 422);
     assert_eq!(
@@ -144,12 +140,7 @@ async fn outbound_bad_fixtures_get_4xx() {
 #[tokio::test]
 async fn an_outbound_fixture_without_an_api_key_is_refused_and_nothing_is_stored() {
     let (client, url) = private_queue().await;
-    let router = http::outbound_router(
-        store().await,
-        SqsQueue::new(client.clone(), &url),
-        Senders::default(),
-        keys().await,
-    );
+    let router = outbound(store().await, SqsQueue::new(client.clone(), &url)).await;
     let response = invoke(&router, http_event("outbound-no-api-key.json")).await;
     assert_eq!(response.status(), 401, "{}", json(&response));
     assert_eq!(error_fields(&json(&response)), vec!["Authorization"]);

@@ -138,14 +138,12 @@ async fn api_keys_never_reach_the_logs() {
 
     let store = store().await;
     let good = generate_key();
-    let record = ApiKey {
-        key_id: key_id(&good),
-        name: "logging test".into(),
-        scopes: vec![Scope::MessagesSend],
-        created_at: time::OffsetDateTime::now_utc(),
-        last_used_at: None,
-        revoked_at: None,
-    };
+    let record = ApiKey::new(
+        &good,
+        "logging test",
+        &[Scope::MessagesSend],
+        time::OffsetDateTime::now_utc(),
+    );
     store
         .create_api_key(&key_hash(&good), &record)
         .await

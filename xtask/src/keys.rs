@@ -43,14 +43,7 @@ pub async fn register(
     name: &str,
     scopes: &[Scope],
 ) -> Result<()> {
-    let record = ApiKey {
-        key_id: key_id(key),
-        name: name.to_owned(),
-        scopes: scopes.to_vec(),
-        created_at: OffsetDateTime::now_utc(),
-        last_used_at: None,
-        revoked_at: None,
-    };
+    let record = ApiKey::new(key, name, scopes, OffsetDateTime::now_utc());
     store
         .create_api_key(&key_hash(key), &record)
         .await

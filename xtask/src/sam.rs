@@ -82,6 +82,11 @@ const SEEDED_EMAIL: &str = "01932c07-a0c4-7b6e-8000-0000000000a2";
 /// The template's AllowedSenders has no default; env.json then sets
 /// ALLOWED_SENDERS empty (any sender), as the other local stacks run.
 const LOCAL_ALLOWED_SENDERS: &str = "+18045551234";
+
+/// `--parameter-overrides` of every local build and run.
+fn parameter_overrides() -> String {
+    format!("Architecture={ARCHITECTURE} AllowedSenders={LOCAL_ALLOWED_SENDERS}")
+}
 const ALLOWED_SENDERS: &str = "ALLOWED_SENDERS";
 /// Set for every function in env.json (see [`prepare_local`]).
 const CURSOR_SECRET: &str = "CURSOR_SECRET";
@@ -387,7 +392,7 @@ fn sam_build(root: &Path, tools: &Tools) -> Result<Duration> {
             .args([
                 "build",
                 "--parameter-overrides",
-                &format!("Architecture={ARCHITECTURE} AllowedSenders={LOCAL_ALLOWED_SENDERS}"),
+                &parameter_overrides(),
                 "--build-dir",
                 "target/sam/build",
                 "--no-cached",
@@ -624,10 +629,7 @@ async fn invoke(
         .args(["-e", &format!("events/{fixture}")])
         .arg("--template")
         .arg(template)
-        .args([
-            "--parameter-overrides",
-            &format!("Architecture={ARCHITECTURE} AllowedSenders={LOCAL_ALLOWED_SENDERS}"),
-        ])
+        .args(["--parameter-overrides", &parameter_overrides()])
         .args(["--invoke-image", IMAGE, "--skip-pull-image"])
         .arg("--env-vars")
         .arg(env_file)
@@ -1307,10 +1309,7 @@ fn start_api_command(
         .args(["local", "start-api", "--template"])
         .arg(template)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--parameter-overrides",
-            &format!("Architecture={ARCHITECTURE} AllowedSenders={LOCAL_ALLOWED_SENDERS}"),
-        ])
+        .args(["--parameter-overrides", &parameter_overrides()])
         .args(["--invoke-image", IMAGE, "--skip-pull-image"])
         .arg("--env-vars")
         .arg(env_file)

@@ -112,6 +112,20 @@ pub struct ApiKey {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
+impl ApiKey {
+    /// The record of a new key: its id derived from the key, never used, not revoked.
+    pub fn new(key: &str, name: &str, scopes: &[Scope], now: OffsetDateTime) -> Self {
+        Self {
+            key_id: key_id(key),
+            name: name.to_owned(),
+            scopes: scopes.to_vec(),
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+        }
+    }
+}
+
 /// A presented key's hash: SHA-256 of the whole key, hex. Keys carry 256
 /// random bits, so a plain hash is enough (nothing to brute-force).
 pub fn key_hash(key: &str) -> String {

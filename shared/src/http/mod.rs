@@ -264,7 +264,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             header_str(request.headers(), header::CONTENT_TYPE.as_str()).map(str::to_owned);
         check_json_media_type(content_type.as_deref())?;
         let LimitedBody(bytes) = LimitedBody::from_request(request, state).await?;
-        json_object_body(content_type.as_deref(), &bytes).map(Self)
+        parse_json_object(&bytes).map(Self)
     }
 }
 
@@ -287,6 +287,11 @@ pub fn json_object_body(
     if bytes.len() > MAX_BODY_BYTES {
         return Err(ApiError::PayloadTooLarge);
     }
+    parse_json_object(bytes)
+}
+
+/// A body already within the limit, as a JSON object (400 otherwise).
+fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
             "body",

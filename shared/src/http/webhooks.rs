@@ -117,13 +117,13 @@ async fn sendgrid_inbound<S>(
 where
     S: MessageStore + ConversationLog + ReportStore,
 {
-    let authorization = header_str(&headers, header::AUTHORIZATION.as_str());
-    let content_type = header_str(&headers, header::CONTENT_TYPE.as_str()).unwrap_or_default();
     // Credentials first: an unauthenticated caller learns nothing about the body.
-    webhooks.check_inbound_credentials(authorization)?;
+    let caller =
+        webhooks.check_inbound_credentials(header_str(&headers, header::AUTHORIZATION.as_str()))?;
     require_media_type(&headers, "multipart/form-data")?;
+    let content_type = header_str(&headers, header::CONTENT_TYPE.as_str()).unwrap_or_default();
     let insert = webhooks
-        .sendgrid_inbound(authorization, content_type, body.to_vec())
+        .sendgrid_inbound(caller, content_type, body.to_vec())
         .await?;
     Ok(inserted_response(insert))
 }
