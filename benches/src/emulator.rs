@@ -1,7 +1,7 @@
 //! The AWS emulator's own latency, with the functions' own adapters (release build):
 //! what `PutItem` (the outbound insert), `SendMessage` (the enqueue), the conversation
-//! summary (three UpdateItems), `GetItem` (the read) and a delivery's claim +
-//! completion cost on the local stack without any function around them, one at a
+//! summary (three UpdateItems), `GetItem` (the read), the opt-out check (one
+//! `GetItem`) and a delivery's claim + completion cost on the local stack without any function around them, one at a
 //! time and 16 at a time. `cargo xtask bench` runs it against its stack and compares
 //! it with the API's latency (`bench emulator`); alone (without the stack's
 //! environment) it does nothing.
@@ -17,9 +17,14 @@ use serde_json::{Value, json};
 use shared::adapters::aws_config;
 use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::SqsQueue;
-use shared::domain::{Direction, Message, validate_outbound};
+use shared::compliance::blocking_suppression;
+use shared::domain::{
+    Channel, Direction, Message, OptOutScope, Suppression, SuppressionChannel, SuppressionSource,
+    validate_outbound,
+};
 use shared::ports::{
     Claim, Completion, ConversationLog, DeliveryQueue, DeliveryStore, Lease, MessageStore,
+    SuppressionList,
 };
 use time::OffsetDateTime;
 
@@ -210,7 +215,38 @@ pub fn run() {
                 }
             })
             .await;
+            // The opt-out check on the send paths (accept and delivery): one
+            // GetItem of the recipient's entries, here a recipient who opted out.
+            let s = Arc::clone(&store);
+            let opted_out = format!("+1505{concurrency:02}00000");
+            s.suppress(&Suppression {
+                channel: SuppressionChannel::Phone,
+                address: opted_out.clone(),
+                sender: Some("+18045551234".to_owned()),
+                reason: "emulator bench".to_owned(),
+                source: SuppressionSource::Api,
+                message_id: None,
+                created_at: OffsetDateTime::now_utc(),
+            })
+            .await
+            .expect("a suppression");
+            let suppression = measure(ops, concurrency, move |_| {
+                let (s, to) = (Arc::clone(&s), opted_out.clone());
+                async move {
+                    let found = blocking_suppression(
+                        s.as_ref(),
+                        OptOutScope::Sender,
+                        Channel::Sms,
+                        "+18045551234",
+                        &to,
+                    )
+                    .await;
+                    matches!(found, Ok(Some(_)))
+                }
+            })
+            .await;
             for (name, value) in [
+                ("suppression_check", suppression),
                 ("put_item", put),
                 ("send_message", send),
                 ("get_item", get),

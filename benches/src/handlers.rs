@@ -15,11 +15,14 @@ use lambda_http::Request;
 use serde_json::Value;
 use shared::adapters::sqs::delivery_records;
 use shared::delivery::{Deliverer, DeliveryRecord};
-use shared::domain::{Direction, Message, RetryPolicy, Status, validate_outbound};
+use shared::domain::{
+    Direction, Message, RetryPolicy, Status, Suppression, SuppressionChannel, validate_outbound,
+};
 use shared::http::json_object_body;
+use shared::ports::Lift;
 use shared::ports::{
-    Accepted, Claim, Completion, DeliveryQueue, DeliveryStore, Lease, Provider, ProviderError,
-    QueueError, QueueVisibility, StoreError,
+    Accepted, Claim, Completion, DeliveryQueue, DeliveryStore, Lease, Page, Position, Provider,
+    ProviderError, QueueError, QueueVisibility, StoreError, Suppressed, SuppressionList,
 };
 use shared::views::MessageView;
 use time::OffsetDateTime;
@@ -110,6 +113,42 @@ impl DeliveryStore for InstantStore {
     ) -> Result<(), StoreError> {
         black_box(completion);
         Ok(())
+    }
+}
+
+/// Nobody has opted out: the send path's check reads an empty list.
+impl SuppressionList for InstantStore {
+    async fn suppressions_of(
+        &self,
+        _channel: SuppressionChannel,
+        _address: &str,
+    ) -> Result<Vec<Suppression>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn suppress(&self, entry: &Suppression) -> Result<Suppressed, StoreError> {
+        Ok(Suppressed::Added(entry.clone()))
+    }
+
+    async fn lift(
+        &self,
+        _channel: SuppressionChannel,
+        _address: &str,
+        _which: &Lift,
+    ) -> Result<Vec<Suppression>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn suppression_page(
+        &self,
+        _channel: Option<SuppressionChannel>,
+        _limit: usize,
+        _after: Option<&Position>,
+    ) -> Result<Page<Suppression>, StoreError> {
+        Ok(Page {
+            items: Vec::new(),
+            next: None,
+        })
     }
 }
 

@@ -6,6 +6,8 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tracing::{error, info};
 
+use crate::compliance::{self, KeywordReplies};
+use crate::domain::OptOutScope;
 use crate::domain::access::Senders;
 use crate::domain::idempotency::{self, IdempotencyKey, fingerprint};
 use crate::domain::{
@@ -14,7 +16,7 @@ use crate::domain::{
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
     ConversationLog, DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore, OutboundInsert,
-    QueueError, StoreError,
+    QueueError, StoreError, SuppressionList,
 };
 use crate::views::MessageView;
 
@@ -102,23 +104,59 @@ pub enum OutboundAccepted {
     },
 }
 
-/// Validates (including that `from` is one of `senders`), stores (`queued`)
-/// and enqueues an outbound message. If the enqueue
-/// fails the stored message is removed again and the caller gets 503: a message is
-/// never acknowledged unless it is on its way. With an idempotency key, a repeat of
-/// the same body gets the first answer and a different body a 409.
+/// Who may send, and to whom: what an outbound message is checked against
+/// besides its fields.
+#[derive(Debug, Clone, Default)]
+pub struct SendRules {
+    /// `ALLOWED_SENDERS`: the `from` values of this service.
+    pub senders: Senders,
+    /// `OPT_OUT_SCOPE`: whether a STOP silences one of our numbers or all.
+    pub opt_out_scope: OptOutScope,
+}
+
+impl From<Senders> for SendRules {
+    fn from(senders: Senders) -> Self {
+        Self {
+            senders,
+            ..Self::default()
+        }
+    }
+}
+
+/// Validates (including that `from` is one of our senders and that the
+/// recipient has not opted out), stores (`queued`) and enqueues an outbound
+/// message. If the enqueue fails the stored message is removed again and the
+/// caller gets 503: a message is never acknowledged unless it is on its way.
+/// With an idempotency key, a repeat of the same body gets the first answer and
+/// a different body a 409.
 pub async fn accept_outbound(
-    store: &(impl MessageStore + ConversationLog),
+    store: &(impl MessageStore + ConversationLog + SuppressionList),
     queue: &impl DeliveryQueue,
-    senders: &Senders,
+    rules: &SendRules,
     payload: &Map<String, Value>,
     key: Option<&IdempotencyKey>,
 ) -> Result<OutboundAccepted, AcceptError> {
     let new = validate_outbound(payload).map_err(rejected)?;
-    if !senders.allows(&new.from) {
+    if !rules.senders.allows(&new.from) {
         return Err(rejected(vec![FieldError::new(
             "from",
             "is not one of this service's senders (ALLOWED_SENDERS)",
+        )]));
+    }
+    if let Some(entry) = compliance::blocking_suppression(
+        store,
+        rules.opt_out_scope,
+        new.channel,
+        &new.from,
+        &new.to,
+    )
+    .await?
+    {
+        info!(reason = %entry.reason, source = entry.source.as_str(), "recipient has opted out; not accepted");
+        metrics::emit(&[Metric::count(name::SUPPRESSED, 1)], &[]);
+        return Err(AcceptError::Invalid(vec![FieldError::new(
+            "to",
+            "the recipient has opted out",
         )]));
     }
     let now = OffsetDateTime::now_utc();
@@ -130,6 +168,17 @@ pub async fn accept_outbound(
         response: serde_json::to_string(&MessageView::from(&message)).unwrap_or_default(),
         expires_at: now + idempotency::RETENTION,
     });
+    queue_outbound(store, queue, message, record).await
+}
+
+/// Stores a new outbound message (with its idempotency record, if any) and
+/// queues it; undoes the store if the queue refuses it.
+pub(crate) async fn queue_outbound(
+    store: &(impl MessageStore + ConversationLog),
+    queue: &impl DeliveryQueue,
+    message: Message,
+    record: Option<IdempotencyRecord>,
+) -> Result<OutboundAccepted, AcceptError> {
     if let OutboundInsert::KeyUsed(first) = store.insert_outbound(&message, record.as_ref()).await?
     {
         if record.is_some_and(|r| r.fingerprint == first.fingerprint) {
@@ -143,10 +192,8 @@ pub async fn accept_outbound(
     }
     if let Err(enqueue_error) = queue.enqueue(&message.id, std::time::Duration::ZERO).await {
         error!(message_id = %message.id, error = %enqueue_error, "enqueue failed; removing the message");
-        if let Err(undo_error) = store
-            .remove_queued(&message.id, key.map(IdempotencyKey::as_str))
-            .await
-        {
+        let key = record.as_ref().map(|r| r.key.as_str());
+        if let Err(undo_error) = store.remove_queued(&message.id, key).await {
             error!(message_id = %message.id, error = %undo_error, "could not remove a message that was never queued");
         }
         return Err(enqueue_error.into());
@@ -166,21 +213,34 @@ pub async fn accept_outbound(
     Ok(OutboundAccepted::Queued(Box::new(message)))
 }
 
-/// Validates and stores an inbound message, once per `messaging_provider_id`.
-pub async fn accept_inbound(
-    store: &(impl MessageStore + ConversationLog),
+/// Validates and stores an inbound message, once per `messaging_provider_id`,
+/// and answers it if it is a keyword (STOP, START, HELP).
+pub async fn accept_inbound<S, Q>(
+    store: &S,
+    keywords: &KeywordReplies<Q>,
     payload: &Map<String, Value>,
-) -> Result<InboundInsert, AcceptError> {
+) -> Result<InboundInsert, AcceptError>
+where
+    S: MessageStore + ConversationLog + SuppressionList,
+    Q: DeliveryQueue,
+{
     let new = validate_inbound(payload).map_err(rejected)?;
-    Ok(store_inbound(store, new).await?)
+    store_inbound(store, keywords, new).await
 }
 
 /// Stores a validated inbound message (from the API or a provider webhook) once
-/// per `messaging_provider_id`, and counts it in its conversation.
-pub async fn store_inbound(
-    store: &(impl MessageStore + ConversationLog),
+/// per `messaging_provider_id`, counts it in its conversation and honours its
+/// keyword. The keyword is handled for a repeat too (idempotently), so a post
+/// retried after a failure half-way still gets its opt-out recorded.
+pub async fn store_inbound<S, Q>(
+    store: &S,
+    keywords: &KeywordReplies<Q>,
     new: NewMessage,
-) -> Result<InboundInsert, StoreError> {
+) -> Result<InboundInsert, AcceptError>
+where
+    S: MessageStore + ConversationLog + SuppressionList,
+    Q: DeliveryQueue,
+{
     let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
     let insert = store.insert_inbound(&message).await?;
     if let InboundInsert::Created(m) = &insert {
@@ -195,6 +255,8 @@ pub async fn store_inbound(
         ),
         InboundInsert::Duplicate(m) => info!(message_id = %m.id, "inbound message already stored"),
     }
+    let (InboundInsert::Created(stored) | InboundInsert::Duplicate(stored)) = &insert;
+    compliance::answer_keyword(store, keywords, stored).await?;
     Ok(insert)
 }
 
@@ -241,17 +303,22 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::compliance::testing::{MemorySuppressions, delegate_suppressions};
+    use crate::domain::{Keyword, OptOutPolicy};
     use crate::metrics::testing::{Capture, dimension_sets};
     use crate::ports::{QueueError, StoreError};
 
-    /// Messages and idempotency records in memory.
+    /// Messages, idempotency records and suppressions in memory.
     #[derive(Default)]
     struct MemoryStore {
         messages: Mutex<HashMap<String, Message>>,
         keys: Mutex<HashMap<String, IdempotencyRecord>>,
         /// Ids of the messages counted in their conversation, in order.
         in_conversations: Mutex<Vec<String>>,
+        suppressions: MemorySuppressions,
     }
+
+    delegate_suppressions!(MemoryStore, suppressions);
 
     impl ConversationLog for MemoryStore {
         async fn record_in_conversation(&self, message: &Message) -> Result<(), StoreError> {
@@ -346,7 +413,7 @@ mod tests {
         let (store, queue) = (MemoryStore::default(), MemoryQueue::default());
         let capture = Capture::start();
 
-        let accepted = accept_outbound(&store, &queue, &Senders::default(), &sms(), None)
+        let accepted = accept_outbound(&store, &queue, &SendRules::default(), &sms(), None)
             .await
             .unwrap();
 
@@ -378,7 +445,7 @@ mod tests {
                                    "type": "email", "body": "Hello", "attachments": []}),
         );
 
-        accept_outbound(&store, &queue, &Senders::default(), &email, None)
+        accept_outbound(&store, &queue, &SendRules::default(), &email, None)
             .await
             .unwrap();
 
@@ -393,10 +460,10 @@ mod tests {
         let key = IdempotencyKey::parse("order-1").unwrap();
         let capture = Capture::start();
 
-        accept_outbound(&store, &queue, &Senders::default(), &sms(), Some(&key))
+        accept_outbound(&store, &queue, &SendRules::default(), &sms(), Some(&key))
             .await
             .unwrap();
-        let replay = accept_outbound(&store, &queue, &Senders::default(), &sms(), Some(&key))
+        let replay = accept_outbound(&store, &queue, &SendRules::default(), &sms(), Some(&key))
             .await
             .unwrap();
 
@@ -413,7 +480,7 @@ mod tests {
         };
         let capture = Capture::start();
 
-        let err = accept_outbound(&store, &queue, &Senders::default(), &sms(), None)
+        let err = accept_outbound(&store, &queue, &SendRules::default(), &sms(), None)
             .await
             .unwrap_err();
 
@@ -428,7 +495,7 @@ mod tests {
         let mut bad = sms();
         bad.insert("type".into(), json!("fax"));
 
-        let err = accept_outbound(&store, &queue, &Senders::default(), &bad, None)
+        let err = accept_outbound(&store, &queue, &SendRules::default(), &bad, None)
             .await
             .unwrap_err();
 
@@ -445,7 +512,7 @@ mod tests {
         let (store, queue) = (MemoryStore::default(), MemoryQueue::default());
         let senders = Senders::parse("+18045550000,@usehatchapp.com").unwrap();
 
-        let err = accept_outbound(&store, &queue, &senders, &sms(), None)
+        let err = accept_outbound(&store, &queue, &senders.clone().into(), &sms(), None)
             .await
             .unwrap_err();
 
@@ -457,7 +524,7 @@ mod tests {
         assert!(queue.enqueued.lock().unwrap().is_empty());
         let mut allowed = sms();
         allowed.insert("from".into(), json!("+18045550000"));
-        accept_outbound(&store, &queue, &senders, &allowed, None)
+        accept_outbound(&store, &queue, &senders.into(), &allowed, None)
             .await
             .expect("an allowed sender is accepted");
     }
@@ -467,7 +534,9 @@ mod tests {
         let store = MemoryStore::default();
         let capture = Capture::start();
 
-        let err = accept_inbound(&store, &sms()).await.unwrap_err();
+        let err = accept_inbound(&store, &replies(), &sms())
+            .await
+            .unwrap_err();
 
         assert!(
             matches!(err, AcceptError::Invalid(_)),
@@ -483,9 +552,127 @@ mod tests {
         let mut inbound = sms();
         inbound.insert("messaging_provider_id".into(), json!("abc123"));
 
-        let insert = accept_inbound(&store, &inbound).await.unwrap();
+        let insert = accept_inbound(&store, &replies(), &inbound).await.unwrap();
 
         assert!(matches!(insert, InboundInsert::Created(_)));
         assert!(capture.names().is_empty());
+    }
+
+    fn replies() -> KeywordReplies<MemoryQueue> {
+        KeywordReplies {
+            queue: MemoryQueue::default(),
+            policy: OptOutPolicy::default(),
+        }
+    }
+
+    /// An inbound SMS to our number `to` from the recipient `from`.
+    fn inbound(body: &str, provider_id: &str, to: &str) -> Map<String, Value> {
+        payload(
+            json!({"from": "+12016661234", "to": to, "type": "sms", "body": body,
+                       "attachments": null, "messaging_provider_id": provider_id}),
+        )
+    }
+
+    /// Our messages queued by a keyword, with their keyword marks.
+    fn keyword_replies(store: &MemoryStore) -> Vec<(String, Option<Keyword>)> {
+        let messages = store.messages.lock().unwrap();
+        let mut replies: Vec<_> = messages
+            .values()
+            .filter(|m| m.direction == Direction::Outbound)
+            .map(|m| (m.to.clone(), m.keyword_reply))
+            .collect();
+        replies.sort_by_key(|(to, _)| to.clone());
+        replies
+    }
+
+    #[tokio::test]
+    async fn stop_suppresses_its_sender_for_our_number_and_is_confirmed_once() {
+        let store = MemoryStore::default();
+        let replies = replies();
+        let ours = "+18045551234";
+        accept_inbound(&store, &replies, &inbound(" Stop ", "SM1", ours))
+            .await
+            .unwrap();
+        // The provider retries the same post, then the recipient says STOP again.
+        accept_inbound(&store, &replies, &inbound(" Stop ", "SM1", ours))
+            .await
+            .unwrap();
+        accept_inbound(&store, &replies, &inbound("STOP", "SM2", ours))
+            .await
+            .unwrap();
+
+        let entries = store.suppressions.entries();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].sender.as_deref(), Some(ours));
+        assert_eq!(entries[0].reason, "opt-out keyword STOP");
+        assert_eq!(
+            keyword_replies(&store),
+            [("+12016661234".to_owned(), Some(Keyword::OptOut))],
+            "exactly one confirmation"
+        );
+        assert_eq!(replies.queue.enqueued.lock().unwrap().len(), 1);
+
+        // Our number is refused; another of our numbers still sends.
+        let mut to_them = sms();
+        to_them.insert("to".into(), json!("+12016661234"));
+        let err = accept_outbound(
+            &store,
+            &replies.queue,
+            &SendRules::default(),
+            &to_them,
+            None,
+        )
+        .await
+        .unwrap_err();
+        let AcceptError::Invalid(fields) = err else {
+            panic!("not a 422: {err:?}");
+        };
+        assert_eq!(fields[0].field, "to");
+        assert_eq!(fields[0].message, "the recipient has opted out");
+        to_them.insert("from".into(), json!("+18045550000"));
+        accept_outbound(
+            &store,
+            &replies.queue,
+            &SendRules::default(),
+            &to_them,
+            None,
+        )
+        .await
+        .expect("another of our numbers still sends");
+        let everywhere = SendRules {
+            opt_out_scope: OptOutScope::All,
+            ..SendRules::default()
+        };
+        assert!(
+            accept_outbound(&store, &replies.queue, &everywhere, &to_them, None)
+                .await
+                .is_err(),
+            "OPT_OUT_SCOPE=all: silenced everywhere"
+        );
+    }
+
+    #[tokio::test]
+    async fn start_lifts_the_opt_out_and_help_is_answered() {
+        let store = MemoryStore::default();
+        let replies = replies();
+        let ours = "+18045551234";
+        for (body, id) in [
+            ("stop", "SM1"),
+            ("help", "SM2"),
+            ("Start", "SM3"),
+            ("stop me", "SM4"),
+        ] {
+            accept_inbound(&store, &replies, &inbound(body, id, ours))
+                .await
+                .unwrap();
+        }
+        assert!(store.suppressions.entries().is_empty(), "START lifted it");
+        let kinds: Vec<_> = keyword_replies(&store)
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
+        assert_eq!(kinds.len(), 2, "no OPT_IN_REPLY by default; {kinds:?}");
+        assert!(kinds.contains(&Some(Keyword::OptOut)));
+        assert!(kinds.contains(&Some(Keyword::Help)));
     }
 }

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use crate::domain::RetryPolicy;
 use crate::domain::access::Senders;
+use crate::domain::suppression::{DEFAULT_HELP_REPLY, DEFAULT_OPT_OUT_REPLY};
+use crate::domain::{Keywords, OptOutPolicy, OptOutScope, RetryPolicy};
 
 pub const DEFAULT_TWILIO_API_URL: &str = "https://api.twilio.com";
 pub const DEFAULT_SENDGRID_API_URL: &str = "https://api.sendgrid.com";
@@ -69,6 +70,11 @@ pub struct Config {
     /// Manager). Unset, a fixed development key is used (see [`Self::cursor_key`]).
     pub cursor_secret: Option<String>,
     pub access: AccessConfig,
+    /// Opt-outs: `OPT_OUT_SCOPE` (`sender`, default, or `all`), the keyword
+    /// lists `OPT_OUT_KEYWORDS`, `OPT_IN_KEYWORDS`, `HELP_KEYWORDS`
+    /// (comma-separated; each replaces its default list) and the replies
+    /// `OPT_OUT_REPLY`, `OPT_IN_REPLY` (none by default), `HELP_REPLY`.
+    pub compliance: OptOutPolicy,
 }
 
 /// API keys and senders.
@@ -291,6 +297,28 @@ impl Config {
                         name: "ALLOWED_SENDERS",
                         reason,
                     })?,
+            },
+            compliance: OptOutPolicy {
+                keywords: Keywords::new(
+                    get("OPT_OUT_KEYWORDS").as_deref(),
+                    get("OPT_IN_KEYWORDS").as_deref(),
+                    get("HELP_KEYWORDS").as_deref(),
+                )
+                .map_err(|reason| ConfigError::Invalid {
+                    name: "OPT_OUT_KEYWORDS",
+                    reason,
+                })?,
+                scope: match get("OPT_OUT_SCOPE") {
+                    None => OptOutScope::default(),
+                    Some(v) => OptOutScope::parse(&v).ok_or(ConfigError::Invalid {
+                        name: "OPT_OUT_SCOPE",
+                        reason: format!("expected sender or all, got {v:?}"),
+                    })?,
+                },
+                opt_out_reply: get("OPT_OUT_REPLY")
+                    .unwrap_or_else(|| DEFAULT_OPT_OUT_REPLY.to_owned()),
+                opt_in_reply: get("OPT_IN_REPLY").unwrap_or_default(),
+                help_reply: get("HELP_REPLY").unwrap_or_else(|| DEFAULT_HELP_REPLY.to_owned()),
             },
         })
     }

@@ -7,11 +7,15 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::domain::RetryPolicy;
+use crate::compliance;
+use crate::domain::suppression::opted_out_reason;
+use crate::domain::{
+    Message, OptOutScope, RetryPolicy, Suppression, SuppressionChannel, SuppressionSource,
+};
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
     Claim, Completion, DeliveryQueue, DeliveryStore, Lease, Provider, ProviderError,
-    QueueVisibility, StoreError,
+    QueueVisibility, StoreError, SuppressionList,
 };
 
 /// One received queue message, as the delivery logic needs it.
@@ -44,9 +48,15 @@ pub struct Deliverer<S, Q, P> {
     provider: P,
     retry: RetryPolicy,
     lease: Duration,
+    opt_out_scope: OptOutScope,
 }
 
-impl<S: DeliveryStore, Q: DeliveryQueue + QueueVisibility, P: Provider> Deliverer<S, Q, P> {
+impl<S, Q, P> Deliverer<S, Q, P>
+where
+    S: DeliveryStore + SuppressionList,
+    Q: DeliveryQueue + QueueVisibility,
+    P: Provider,
+{
     pub fn new(store: S, queue: Q, provider: P, retry: RetryPolicy, lease: Duration) -> Self {
         Self {
             store,
@@ -54,7 +64,14 @@ impl<S: DeliveryStore, Q: DeliveryQueue + QueueVisibility, P: Provider> Delivere
             provider,
             retry,
             lease,
+            opt_out_scope: OptOutScope::default(),
         }
+    }
+
+    /// How far a phone opt-out reaches (`OPT_OUT_SCOPE`; default: the sender).
+    pub fn with_opt_out_scope(mut self, scope: OptOutScope) -> Self {
+        self.opt_out_scope = scope;
+        self
     }
 
     /// Handles a batch concurrently and returns the queue ids of the records that
@@ -136,8 +153,84 @@ impl<S: DeliveryStore, Q: DeliveryQueue + QueueVisibility, P: Provider> Delivere
             }
         };
 
+        let (completion, delay) = match self.suppression(&message).await {
+            Ok(None) => self.send(record, &message).await,
+            Ok(Some(entry)) => {
+                let reason = opted_out_reason(&entry);
+                info!(reason, "recipient has opted out; not sending");
+                metrics::emit(&[Metric::count(name::SUPPRESSED, 1)], &[]);
+                metrics::emit(
+                    &[Metric::count(name::MESSAGES_FAILED, 1)],
+                    &[(dimension::CHANNEL, message.channel.as_str())],
+                );
+                (Completion::Failed { reason }, None)
+            }
+            Err(e) => {
+                let delay = self
+                    .retry
+                    .delay(message.attempts, None, rand::random::<f64>());
+                warn!(error = %e, delay_s = delay.as_secs_f64(), "could not read the suppression list; will retry");
+                let reason = format!("suppression list unavailable: {e}");
+                let next_attempt_at = OffsetDateTime::now_utc() + delay;
+                (
+                    Completion::Retry {
+                        reason,
+                        next_attempt_at,
+                    },
+                    Some(delay),
+                )
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+
+        match self.store.complete(id, &lease.id, &completion, now).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(e)) => {
+                // Someone took the lease over (ours outlived it): they own the message now.
+                warn!(error = %e, "lease lost before recording the outcome");
+                return RecordOutcome::Done;
+            }
+            Err(e) => {
+                // The outcome is not recorded; once the lease expires a later receive
+                // takes over. If the provider accepted, that is the one duplicate window.
+                warn!(error = %e, "could not record the outcome");
+                return self.try_again(record, id, self.lease).await;
+            }
+        }
+        match delay {
+            Some(delay) => self.try_again(record, id, delay).await,
+            None => RecordOutcome::Done,
+        }
+    }
+
+    /// The suppression that stops this message, if any (one read of the
+    /// recipient's entries). Our answers to STOP and HELP pass.
+    async fn suppression(&self, message: &Message) -> Result<Option<Suppression>, StoreError> {
+        if message
+            .keyword_reply
+            .is_some_and(|keyword| keyword.reply_passes_suppression())
+        {
+            return Ok(None);
+        }
+        compliance::blocking_suppression(
+            &self.store,
+            self.opt_out_scope,
+            message.channel,
+            &message.from,
+            &message.to,
+        )
+        .await
+    }
+
+    /// Hands the message to its provider and decides what to record: sent,
+    /// failed, or a retry after a delay.
+    async fn send(
+        &self,
+        record: &DeliveryRecord,
+        message: &Message,
+    ) -> (Completion, Option<Duration>) {
         let started = std::time::Instant::now();
-        let result = self.provider.send(&message).await;
+        let result = self.provider.send(message).await;
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_millis() as u64;
         let now = OffsetDateTime::now_utc();
@@ -146,7 +239,7 @@ impl<S: DeliveryStore, Q: DeliveryQueue + QueueVisibility, P: Provider> Delivere
             &[Metric::milliseconds(name::PROVIDER_LATENCY, elapsed)],
             &[(dimension::PROVIDER, message.channel.provider().as_str())],
         );
-        let (completion, delay) = match result {
+        match result {
             Ok(accepted) => {
                 info!(provider_message_id = ?accepted.provider_message_id, elapsed_ms, "sent");
                 metrics::emit(&[Metric::count(name::MESSAGES_DELIVERED, 1)], &channel);
@@ -166,6 +259,20 @@ impl<S: DeliveryStore, Q: DeliveryQueue + QueueVisibility, P: Provider> Delivere
                 warn!(reason, elapsed_ms, "provider rejected the message");
                 metrics::emit(&[Metric::count(name::MESSAGES_FAILED, 1)], &channel);
                 (Completion::Failed { reason }, None)
+            }
+            Err(ProviderError::Unsubscribed { reason }) => {
+                warn!(
+                    reason,
+                    elapsed_ms, "provider says the recipient unsubscribed"
+                );
+                metrics::emit(&[Metric::count(name::MESSAGES_FAILED, 1)], &channel);
+                self.provider_opt_out(message, &reason, now).await;
+                (
+                    Completion::Failed {
+                        reason: format!("the recipient has opted out ({reason})"),
+                    },
+                    None,
+                )
             }
             Err(ProviderError::Retryable { reason, .. })
                 if self.retry.is_last_receive(record.receive_count) =>
@@ -205,28 +312,37 @@ impl<S: DeliveryStore, Q: DeliveryQueue + QueueVisibility, P: Provider> Delivere
                     Some(delay),
                 )
             }
-        };
-
-        match self.store.complete(id, &lease.id, &completion, now).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict(e)) => {
-                // Someone took the lease over (ours outlived it): they own the message now.
-                warn!(error = %e, "lease lost before recording the outcome");
-                return RecordOutcome::Done;
-            }
-            Err(e) => {
-                // The outcome is not recorded; once the lease expires a later receive
-                // takes over. If the provider accepted, that is the one duplicate window.
-                warn!(error = %e, "could not record the outcome");
-                return self.try_again(record, id, self.lease).await;
-            }
-        }
-        match delay {
-            Some(delay) => self.try_again(record, id, delay).await,
-            None => RecordOutcome::Done,
         }
     }
 
+    /// Puts the recipient the provider says unsubscribed on our list, for the
+    /// sender it refused (phone, unless the scope is all) or every sender (email).
+    async fn provider_opt_out(&self, message: &Message, reason: &str, now: OffsetDateTime) {
+        let channel = SuppressionChannel::of(message.channel);
+        let Ok(address) = channel.normalize(&message.to) else {
+            return;
+        };
+        let sender = match channel {
+            SuppressionChannel::Phone => self.opt_out_scope.entry_sender(message.from.trim()),
+            SuppressionChannel::Email => None,
+        };
+        compliance::provider_signal(
+            &self.store,
+            Suppression {
+                channel,
+                address,
+                sender,
+                reason: reason.to_owned(),
+                source: match message.channel.provider() {
+                    crate::domain::ProviderKind::Twilio => SuppressionSource::Twilio,
+                    crate::domain::ProviderKind::SendGrid => SuppressionSource::SendGrid,
+                },
+                message_id: Some(message.id.clone()),
+                created_at: now,
+            },
+        )
+        .await;
+    }
     /// Schedules another attempt after `delay`. Normally the record itself is
     /// hidden for that long and reported back. On the last receive the queue allows
     /// it would go to the dead-letter queue instead, leaving a healthy message
@@ -266,7 +382,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::domain::{Channel, Direction, Message, NewMessage, Status};
+    use crate::compliance::testing::{MemorySuppressions, delegate_suppressions};
+    use crate::domain::{Channel, Direction, Keyword, NewMessage, Status};
     use crate::metrics::testing::{Capture, dimension_sets};
     use crate::ports::{Accepted, QueueError, RetryReason};
     use serde_json::json;
@@ -289,7 +406,10 @@ mod tests {
         complete_answer: CompleteAnswer,
         claimed: Mutex<Vec<(String, Lease)>>,
         completed: Mutex<Vec<(String, String, Completion)>>,
+        suppressions: MemorySuppressions,
     }
+
+    delegate_suppressions!(FakeStore, suppressions);
 
     impl FakeStore {
         fn new() -> Self {
@@ -298,7 +418,22 @@ mod tests {
                 complete_answer: CompleteAnswer::Ok,
                 claimed: Mutex::new(Vec::new()),
                 completed: Mutex::new(Vec::new()),
+                suppressions: MemorySuppressions::default(),
             }
+        }
+
+        /// The recipient of [`claimed_message`] opted out of `sender` (`None`: all).
+        fn with_opt_out(self, sender: Option<&str>) -> Self {
+            self.suppressions.0.lock().unwrap().push(Suppression {
+                channel: SuppressionChannel::Phone,
+                address: "+12016661234".into(),
+                sender: sender.map(str::to_owned),
+                reason: "opt-out keyword STOP".into(),
+                source: SuppressionSource::Keyword,
+                message_id: Some("inbound-1".into()),
+                created_at: OffsetDateTime::now_utc(),
+            });
+            self
         }
 
         fn with_claim(mut self, id: &str, claim: Claim) -> Self {
@@ -541,6 +676,76 @@ mod tests {
     }
 
     // ---- deliver -------------------------------------------------------------
+
+    #[tokio::test]
+    async fn a_message_to_an_opted_out_recipient_fails_without_a_provider_call() {
+        let d = deliverer(
+            claimed_store(1).with_opt_out(Some("+18045551234")),
+            FakeProvider::accepting("SM123"),
+        );
+
+        let outcome = d.deliver(&single_record(1)).await;
+
+        assert_eq!(outcome, RecordOutcome::Done);
+        assert_eq!(d.provider.calls(), 0, "the provider is never called");
+        let completed = d.store.completed();
+        let Completion::Failed { reason } = &completed[0].2 else {
+            panic!("not failed: {completed:?}");
+        };
+        assert_eq!(reason, "the recipient has opted out (opt-out keyword STOP)");
+    }
+
+    #[tokio::test]
+    async fn an_opt_out_of_another_of_our_numbers_does_not_stop_the_message() {
+        let d = deliverer(
+            claimed_store(1).with_opt_out(Some("+18045550000")),
+            FakeProvider::accepting("SM123"),
+        );
+        d.deliver(&single_record(1)).await;
+        assert_eq!(d.provider.calls(), 1);
+        let d = deliverer(
+            claimed_store(1).with_opt_out(Some("+18045550000")),
+            FakeProvider::accepting("SM123"),
+        )
+        .with_opt_out_scope(OptOutScope::All);
+        d.deliver(&single_record(1)).await;
+        assert_eq!(d.provider.calls(), 0, "OPT_OUT_SCOPE=all");
+    }
+
+    #[tokio::test]
+    async fn the_opt_out_confirmation_passes_its_own_suppression() {
+        let mut reply = claimed_message(MSG_ID, 1);
+        reply.keyword_reply = Some(Keyword::OptOut);
+        let store = FakeStore::new()
+            .with_claim(MSG_ID, Claim::Claimed(reply))
+            .with_opt_out(None);
+        let d = deliverer(store, FakeProvider::accepting("SM123"));
+        d.deliver(&single_record(1)).await;
+        assert_eq!(d.provider.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn twilio_21610_fails_the_message_and_suppresses_the_recipient_for_that_sender() {
+        let d = deliverer(
+            claimed_store(1),
+            FakeProvider::answering(Err(ProviderError::Unsubscribed {
+                reason: "twilio answered 400: unsubscribed recipient (code 21610)".into(),
+            })),
+        );
+
+        assert_eq!(d.deliver(&single_record(1)).await, RecordOutcome::Done);
+
+        let completed = d.store.completed();
+        assert!(
+            matches!(&completed[0].2, Completion::Failed { reason } if reason.starts_with("the recipient has opted out")),
+            "{completed:?}"
+        );
+        let entries = d.store.suppressions.entries();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].source, SuppressionSource::Twilio);
+        assert_eq!(entries[0].sender.as_deref(), Some("+18045551234"));
+        assert_eq!(entries[0].message_id.as_deref(), Some(MSG_ID));
+    }
 
     #[tokio::test]
     async fn accepted_records_sent_under_the_claimed_lease() {

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod adapters;
 pub mod api;
+pub mod compliance;
 pub mod config;
 pub mod conversations;
 pub mod cursor;

@@ -63,6 +63,11 @@ pub mod name {
     /// A provider report moved a message to `delivered` or `failed`
     /// (dimension `Provider`).
     pub const REPORTS_APPLIED: &str = "ReportsApplied";
+    /// A message was refused or failed because its recipient opted out.
+    pub const SUPPRESSED: &str = "MessagesSuppressed";
+    /// An address was added to the suppression list (dimension `Source`:
+    /// keyword, api, twilio, sendgrid).
+    pub const SUPPRESSIONS_ADDED: &str = "SuppressionsAdded";
 }
 
 /// Dimension names.
@@ -75,6 +80,8 @@ pub mod dimension {
     pub const REASON: &str = "Reason";
     /// `twilio` or `sendgrid`.
     pub const PROVIDER: &str = "Provider";
+    /// Who added a suppression.
+    pub const SOURCE: &str = "Source";
 }
 
 /// The CloudWatch units this service uses.

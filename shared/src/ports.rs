@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::domain::{Conversation, Message, ProviderKind, Transition};
+use crate::domain::{
+    Conversation, Message, ProviderKind, Suppression, SuppressionChannel, Transition,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -179,6 +181,10 @@ pub enum ProviderError {
     /// The provider refused this message; sending it again would fail the same way.
     #[error("{reason}")]
     Rejected { reason: String },
+    /// The provider refused because the recipient unsubscribed (Twilio error
+    /// 21610): the message fails and the recipient goes on the suppression list.
+    #[error("{reason}")]
+    Unsubscribed { reason: String },
 }
 
 /// Why a retryable provider call failed.
@@ -347,4 +353,63 @@ pub trait ApiKeyAdmin: ApiKeyStore {
         hash: &str,
         now: OffsetDateTime,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// Which of an address's suppressions to lift.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lift {
+    /// All of them.
+    All,
+    /// The one for this sender (`None`: the entry for every sender).
+    Sender(Option<String>),
+}
+
+/// Whether [`SuppressionList::suppress`] added an entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Suppressed {
+    /// New; here it is.
+    Added(Suppression),
+    /// An entry for the same address and sender was there already; here it is, unchanged.
+    Existing(Suppression),
+}
+
+impl Suppressed {
+    pub fn entry(&self) -> &Suppression {
+        match self {
+            Self::Added(s) | Self::Existing(s) => s,
+        }
+    }
+}
+
+/// The suppression list: one record per channel and address holds all of that
+/// address's entries, so the send path reads it with one key lookup.
+pub trait SuppressionList: Send + Sync {
+    /// The entries of one address (already normalized) on one channel.
+    fn suppressions_of(
+        &self,
+        channel: SuppressionChannel,
+        address: &str,
+    ) -> impl Future<Output = Result<Vec<Suppression>, StoreError>> + Send;
+
+    /// Adds an entry unless one for the same channel, address and sender exists.
+    fn suppress(
+        &self,
+        entry: &Suppression,
+    ) -> impl Future<Output = Result<Suppressed, StoreError>> + Send;
+
+    /// Removes entries of one address; returns those removed (empty: none were there).
+    fn lift(
+        &self,
+        channel: SuppressionChannel,
+        address: &str,
+        which: &Lift,
+    ) -> impl Future<Output = Result<Vec<Suppression>, StoreError>> + Send;
+
+    /// The whole list, one channel or both (email first), by address then sender.
+    fn suppression_page(
+        &self,
+        channel: Option<SuppressionChannel>,
+        limit: usize,
+        after: Option<&Position>,
+    ) -> impl Future<Output = Result<Page<Suppression>, StoreError>> + Send;
 }

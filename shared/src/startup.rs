@@ -6,6 +6,8 @@ use std::sync::Arc;
 use aws_config::SdkConfig;
 
 use crate::access::Authenticator;
+use crate::api::SendRules;
+use crate::compliance::KeywordReplies;
 use crate::domain::access::Senders;
 
 use crate::adapters::dynamodb::DynamoDbStore;
@@ -65,7 +67,8 @@ impl Startup {
             Providers::from_config(&self.config, &credentials, client),
             self.config.delivery.retry,
             self.config.delivery.lease,
-        ))
+        )
+        .with_opt_out_scope(self.config.compliance.scope))
     }
 
     /// API keys, checked against the table with the configured cache time.
@@ -76,9 +79,24 @@ impl Startup {
         ))
     }
 
-    /// Who may send. An empty list allows every sender: fine locally, said
-    /// loudly on Lambda.
-    pub fn senders(&self) -> Senders {
+    /// Who may send, and to whom. An empty sender list allows every sender:
+    /// fine locally, said loudly on Lambda.
+    pub fn send_rules(&self) -> SendRules {
+        SendRules {
+            senders: self.senders(),
+            opt_out_scope: self.config.compliance.scope,
+        }
+    }
+
+    /// How inbound keywords are answered: the policy, and the queue replies go on.
+    pub fn keyword_replies(&self) -> Result<KeywordReplies<SqsQueue>, ConfigError> {
+        Ok(KeywordReplies {
+            queue: self.delivery_queue()?,
+            policy: self.config.compliance.clone(),
+        })
+    }
+
+    fn senders(&self) -> Senders {
         let senders = self.config.access.allowed_senders.clone();
         if senders.allows_any() && std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
             tracing::warn!(
@@ -95,10 +113,13 @@ impl Startup {
 
     /// The provider webhooks, with the Twilio auth token loaded once like the
     /// delivery function's credentials.
-    pub async fn webhooks(&self) -> Result<Webhooks<DynamoDbStore>, lambda_runtime::Error> {
+    pub async fn webhooks(
+        &self,
+    ) -> Result<Webhooks<DynamoDbStore, SqsQueue>, lambda_runtime::Error> {
         let credentials = load_provider_credentials(&self.config, &self.aws).await?;
         Ok(Webhooks::new(
             self.message_store(),
+            self.keyword_replies()?,
             &credentials.twilio_auth_token,
             &self.config.webhooks,
         )?)

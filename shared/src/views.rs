@@ -6,7 +6,37 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::domain::{Channel, Conversation, Direction, HistoryEntry, LastMessage, Message, Status};
+use crate::domain::{
+    Channel, Conversation, Direction, HistoryEntry, LastMessage, Message, Status, Suppression,
+};
+
+/// A suppression list entry as the API returns it (`Suppression` in `openapi.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SuppressionView {
+    pub channel: &'static str,
+    pub address: String,
+    /// `null`: every one of our senders.
+    pub sender: Option<String>,
+    pub reason: String,
+    pub source: &'static str,
+    pub message_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl From<&Suppression> for SuppressionView {
+    fn from(s: &Suppression) -> Self {
+        Self {
+            channel: s.channel.as_str(),
+            address: s.address.clone(),
+            sender: s.sender.clone(),
+            reason: s.reason.clone(),
+            source: s.source.as_str(),
+            message_id: s.message_id.clone(),
+            created_at: s.created_at,
+        }
+    }
+}
 
 /// A message as the API returns it (`Message` in `openapi.yaml`).
 #[derive(Debug, Clone, PartialEq, Serialize)]

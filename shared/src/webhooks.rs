@@ -20,12 +20,17 @@ use tracing::{info, warn};
 
 use crate::adapters::sendgrid_webhook::{self, EventWebhookKey};
 use crate::adapters::twilio_webhook;
-use crate::api::store_inbound;
+use crate::api::{AcceptError, store_inbound};
+use crate::compliance::{self, KeywordReplies};
 use crate::config::WebhookConfig;
-use crate::domain::{FieldError, ProviderKind, ReportedOutcome, StatusReport};
+use crate::domain::{
+    FieldError, ProviderKind, ReportedOutcome, StatusReport, Suppression, SuppressionChannel,
+    SuppressionSource,
+};
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
-    ConversationLog, InboundInsert, MessageStore, ReportApplied, ReportStore, StoreError,
+    ConversationLog, DeliveryQueue, InboundInsert, MessageStore, ReportApplied, ReportStore,
+    StoreError, SuppressionList,
 };
 
 /// What a SendGrid event batch did.
@@ -71,6 +76,15 @@ impl From<StoreError> for WebhookError {
     }
 }
 
+impl From<AcceptError> for WebhookError {
+    fn from(e: AcceptError) -> Self {
+        match e {
+            AcceptError::Invalid(fields) => Self::Invalid(fields),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
 /// A Twilio post as the edge received it: the URLs it may have been signed
 /// for, the `X-Twilio-Signature` header and the form body.
 pub struct TwilioPost<'a> {
@@ -97,8 +111,10 @@ pub struct InboundParseCaller(());
 pub const INBOUND_PARSE_REALM: &str = "sendgrid-inbound-parse";
 
 /// The webhooks with their secrets, built once at cold start.
-pub struct Webhooks<S> {
+pub struct Webhooks<S, Q> {
     store: S,
+    /// Inbound keywords (STOP, START, HELP) and the queue their replies go on.
+    keywords: KeywordReplies<Q>,
     twilio_auth_token: String,
     public_base_url: Option<String>,
     sendgrid_key: Option<EventWebhookKey>,
@@ -115,12 +131,18 @@ fn rejected(provider: ProviderKind, error: WebhookError) -> WebhookError {
     error
 }
 
-impl<S> Webhooks<S>
+impl<S, Q> Webhooks<S, Q>
 where
-    S: MessageStore + ConversationLog + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore + SuppressionList,
+    Q: DeliveryQueue,
 {
     /// `SENDGRID_WEBHOOK_PUBLIC_KEY` must parse if it is set.
-    pub fn new(store: S, twilio_auth_token: &str, config: &WebhookConfig) -> Result<Self, String> {
+    pub fn new(
+        store: S,
+        keywords: KeywordReplies<Q>,
+        twilio_auth_token: &str,
+        config: &WebhookConfig,
+    ) -> Result<Self, String> {
         let sendgrid_key = config
             .sendgrid_public_key
             .as_deref()
@@ -129,6 +151,7 @@ where
             .map_err(|e| format!("SENDGRID_WEBHOOK_PUBLIC_KEY: {e}"))?;
         Ok(Self {
             store,
+            keywords,
             twilio_auth_token: twilio_auth_token.to_owned(),
             public_base_url: config.public_base_url.clone(),
             sendgrid_key,
@@ -191,7 +214,7 @@ where
     ) -> Result<InboundInsert, WebhookError> {
         let params = self.verified_twilio_form(&post)?;
         let new = twilio_webhook::inbound_message(&params).map_err(WebhookError::Invalid)?;
-        Ok(store_inbound(&self.store, new).await?)
+        Ok(store_inbound(&self.store, &self.keywords, new).await?)
     }
 
     /// `POST /webhooks/twilio/status`: moves a sent message on.
@@ -242,7 +265,7 @@ where
         let new = sendgrid_webhook::parse_inbound(content_type, body)
             .await
             .map_err(WebhookError::Invalid)?;
-        Ok(store_inbound(&self.store, new).await?)
+        Ok(store_inbound(&self.store, &self.keywords, new).await?)
     }
 
     /// `POST /webhooks/sendgrid/events`: a signed Event Webhook batch.
@@ -287,10 +310,28 @@ where
                 outcome.duplicates += 1;
                 continue;
             }
-            let applied = match self.message_of(report).await? {
-                Some(message_id) => self.apply(&message_id, report).await?,
+            let message_id = self.message_of(report).await?;
+            let applied = match &message_id {
+                Some(message_id) => self.apply(message_id, report).await?,
                 None => false,
             };
+            if let Some(signal) = &report.opt_out
+                && let Ok(address) = SuppressionChannel::Email.normalize(&signal.address)
+            {
+                compliance::suppress(
+                    &self.store,
+                    Suppression {
+                        channel: SuppressionChannel::Email,
+                        address,
+                        sender: None,
+                        reason: signal.reason.clone(),
+                        source: SuppressionSource::SendGrid,
+                        message_id,
+                        created_at: OffsetDateTime::now_utc(),
+                    },
+                )
+                .await?;
+            }
             if applied {
                 outcome.applied += 1;
             } else {

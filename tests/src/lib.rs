@@ -38,6 +38,14 @@ pub async fn queue() -> SqsQueue {
     SqsQueue::new(aws_sdk_sqs::Client::new(&aws().await), env("QUEUE_URL"))
 }
 
+/// Inbound keyword handling with the default policy, replies on the stack's queue.
+pub async fn keyword_replies() -> shared::compliance::KeywordReplies<SqsQueue> {
+    shared::compliance::KeywordReplies {
+        queue: queue().await,
+        policy: shared::domain::OptOutPolicy::default(),
+    }
+}
+
 /// The delivery logic exactly as the delivery function builds it from the
 /// stack's environment.
 pub async fn deliverer() -> Deliverer<DynamoDbStore, SqsQueue, Providers> {
@@ -445,6 +453,11 @@ impl Simulator {
         if let Some(ra) = retry_after {
             rule["retry_after"] = ra.into();
         }
+        self.add_rule(rule).await;
+    }
+
+    /// A scripted failure (`{"to", "status", "times"?, "retry_after"?, "body"?}`).
+    pub async fn add_rule(&self, rule: Value) {
         let response = self
             .http
             .post(format!("{}/_sim/rules", self.base))

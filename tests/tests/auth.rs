@@ -51,12 +51,15 @@ fn requests(api: &Api, body: &Value) -> Vec<(Operation, reqwest::RequestBuilder)
                 route.path.replace("{id}", id)
             } else {
                 route.path.replace("{id}", conversation)
-            };
+            }
+            .replace("{channel}", "phone")
+            .replace("{address}", "%2B19995550000");
             let request = match route.method {
                 "GET" => api
                     .http()
                     .get(api.url(&path))
                     .query(&[("participant", "+18045551234")]),
+                "DELETE" => api.http().delete(api.url(&path)),
                 _ => api.http().post(api.url(&path)).json(body),
             };
             (op, request)
@@ -227,7 +230,9 @@ async fn senders_outside_allowed_senders_get_422_naming_from_and_nothing_is_stor
     let router = http::outbound_router(
         store,
         SqsQueue::new(client.clone(), &url),
-        Senders::parse("+18045550000,@usehatchapp.com").unwrap(),
+        Senders::parse("+18045550000,@usehatchapp.com")
+            .unwrap()
+            .into(),
         startup.authenticator(),
     );
     let marker = marker();

@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use e2e_tests::{env, private_queue, queue, store};
+use e2e_tests::{env, keyword_replies, private_queue, queue, store};
 use lambda_http::http::Response;
 use serde_json::Value;
 use shared::access::Authenticator;
 use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::{SqsQueue, batch_response, decode_body, delivery_records};
 use shared::adapters::twilio_webhook::{self, EMPTY_TWIML};
-use shared::domain::access::Senders;
+use shared::api::SendRules;
 use shared::domain::{Channel, ConversationKey, Direction, Message, Status, validate_outbound};
 use shared::ports::{ConversationReader, MessageStore};
 use shared::startup::Startup;
@@ -51,7 +51,7 @@ async fn keys() -> Arc<Authenticator<DynamoDbStore>> {
 /// The outbound function's router as its `main` builds it (any sender allowed,
 /// as on the local stacks), over `queue`.
 async fn outbound(store: DynamoDbStore, queue: SqsQueue) -> Router {
-    http::outbound_router(store, queue, Senders::default(), keys().await)
+    http::outbound_router(store, queue, SendRules::default(), keys().await)
 }
 
 fn json(response: &Response<Bytes>) -> Value {
@@ -164,7 +164,7 @@ async fn an_outbound_fixture_without_an_api_key_is_refused_and_nothing_is_stored
 
 #[tokio::test]
 async fn inbound_fixture_is_stored_once() {
-    let router = http::inbound_router(store().await, keys().await);
+    let router = http::inbound_router(store().await, keyword_replies().await, keys().await);
     let first = invoke(&router, http_event("inbound-sms.json")).await;
     // The fixture's provider id may already be stored by an earlier run on the same table.
     assert!(
@@ -283,7 +283,7 @@ async fn startup() -> Startup {
 /// The webhooks as the webhooks function builds them (Twilio auth token from the
 /// provider secret, SendGrid key and Inbound Parse credentials from the environment).
 async fn webhooks() -> Router {
-    let webhooks: Webhooks<DynamoDbStore> =
+    let webhooks: Webhooks<DynamoDbStore, SqsQueue> =
         startup().await.webhooks().await.expect("webhooks set-up");
     http::webhooks_router(webhooks)
 }
@@ -438,4 +438,22 @@ async fn conversation_fixtures_get_4xx() {
     let response = invoke(&router, http_event("get-conversation-unknown.json")).await;
     assert_eq!(response.status(), 404, "{}", json(&response));
     assert_eq!(error_fields(&json(&response)), vec!["id"]);
+}
+
+#[tokio::test]
+async fn suppression_fixtures_get_4xx() {
+    let startup = startup().await;
+    let router = http::suppressions_router(
+        startup.message_store(),
+        startup.cursor_codec(),
+        startup.authenticator(),
+    );
+
+    let response = invoke(&router, http_event("list-suppressions-bad-channel.json")).await;
+    assert_eq!(response.status(), 400, "{}", json(&response));
+    assert_eq!(error_fields(&json(&response)), vec!["channel"]);
+
+    let response = invoke(&router, http_event("remove-suppression-unknown.json")).await;
+    assert_eq!(response.status(), 404, "{}", json(&response));
+    assert_eq!(error_fields(&json(&response)), vec!["address"]);
 }

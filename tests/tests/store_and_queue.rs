@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
-use e2e_tests::{aws, env, marker, phone, private_queue, store, stored_with_marker};
+use e2e_tests::{
+    aws, env, keyword_replies, marker, phone, private_queue, store, stored_with_marker,
+};
 use serde_json::json;
 use shared::adapters::sqs::{SqsQueue, decode_body};
+use shared::api::SendRules;
 use shared::api::{AcceptError, OutboundAccepted, accept_inbound, accept_outbound};
-use shared::domain::access::Senders;
 use shared::domain::{Direction, IdempotencyKey, Message, Status, validate_outbound};
 use shared::http::ApiError;
 use shared::ports::{
@@ -61,8 +63,10 @@ async fn concurrent_inbound_posts_store_one_message() {
     let payload = json!({"from": "+18045551234", "to": "+12016661234", "type": "sms", "body": "hello",
                          "messaging_provider_id": provider_id});
     let payload = payload.as_object().unwrap().clone();
+    let replies = keyword_replies().await;
     let results =
-        futures::future::join_all((0..20).map(|_| accept_inbound(&store, &payload))).await;
+        futures::future::join_all((0..20).map(|_| accept_inbound(&store, &replies, &payload)))
+            .await;
     let mut created = Vec::new();
     let mut duplicates = Vec::new();
     for result in results {
@@ -309,7 +313,7 @@ async fn a_failed_enqueue_is_a_503_and_leaves_nothing_stored() {
     let key = IdempotencyKey::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
     let payload = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": marker});
     let payload = payload.as_object().unwrap();
-    let err = accept_outbound(&store, &broken, &Senders::default(), payload, Some(&key))
+    let err = accept_outbound(&store, &broken, &SendRules::default(), payload, Some(&key))
         .await
         .expect_err("enqueue into a missing queue must fail");
     assert!(matches!(err, AcceptError::Unavailable(_)), "{err:?}");
@@ -323,7 +327,7 @@ async fn a_failed_enqueue_is_a_503_and_leaves_nothing_stored() {
     // The key was released with it: a retry with a working queue is accepted anew.
     let (client, url) = private_queue().await;
     let working = SqsQueue::new(client.clone(), &url);
-    let retried = accept_outbound(&store, &working, &Senders::default(), payload, Some(&key))
+    let retried = accept_outbound(&store, &working, &SendRules::default(), payload, Some(&key))
         .await
         .unwrap();
     assert!(
@@ -341,7 +345,7 @@ async fn concurrent_requests_with_one_idempotency_key_queue_one_message() {
     let key = IdempotencyKey::parse(&format!("order-{}", uuid::Uuid::new_v4())).unwrap();
     let payload = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": "once"});
     let payload = payload.as_object().unwrap();
-    let senders = Senders::default();
+    let senders = SendRules::default();
     let results = futures::future::join_all(
         (0..20).map(|_| accept_outbound(&store, &queue, &senders, payload, Some(&key))),
     )
@@ -373,7 +377,7 @@ async fn concurrent_requests_with_one_idempotency_key_queue_one_message() {
     let err = accept_outbound(
         &store,
         &queue,
-        &Senders::default(),
+        &SendRules::default(),
         other.as_object().unwrap(),
         Some(&key),
     )

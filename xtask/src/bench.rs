@@ -35,7 +35,14 @@ use crate::process::{LogSink, Service};
 use crate::python::{self, Tools};
 use crate::stack::{self, Options, Ports, Stack};
 
-const FUNCTIONS: [&str; 5] = ["outbound", "inbound", "read", "delivery", "webhooks"];
+const FUNCTIONS: [&str; 6] = [
+    "outbound",
+    "inbound",
+    "read",
+    "suppressions",
+    "delivery",
+    "webhooks",
+];
 /// Binaries the stack runs besides the functions (built ahead, so that `cargo lambda
 /// watch --release` never compiles during a run).
 const STACK_BINARIES: [&str; 2] = ["sqs-bridge", "provider-sim"];
@@ -963,6 +970,9 @@ async fn cold_starts(
             "outbound" => vec![fixture("outbound-sms.json")?; 2 * plan.cold_runs],
             "inbound" => vec![fixture("inbound-sms.json")?; 2 * plan.cold_runs],
             "read" => vec![fixture("get-message-unknown.json")?; 2 * plan.cold_runs],
+            "suppressions" => {
+                vec![fixture("remove-suppression-unknown.json")?; 2 * plan.cold_runs]
+            }
             // A signed Twilio inbound SMS (signed for the Host it names: the
             // function runs without PUBLIC_BASE_URL here, as in `sam local invoke`).
             "webhooks" => vec![fixture("twilio-inbound-sms.json")?; 2 * plan.cold_runs],
@@ -1078,7 +1088,7 @@ fn check_response(function: &str, response: &Value) -> Result<()> {
     let ok = match function {
         "outbound" => status == Some(202),
         "inbound" => matches!(status, Some(200 | 201)),
-        "read" => status == Some(404),
+        "read" | "suppressions" => status == Some(404),
         "webhooks" => status == Some(200),
         _ => response["batchItemFailures"]
             .as_array()
@@ -1378,6 +1388,10 @@ fn emulator_alone(build: &Build, env: &Env, plan: &Plan, rows: &mut Vec<Row>) ->
             "PutItem + SendMessage + summary (what outbound does)",
         ),
         ("get_item", "GetItem (read)"),
+        (
+            "suppression_check",
+            "opt-out check (1 GetItem per send: accept and delivery)",
+        ),
         (
             "claim_then_complete",
             "claim + complete (UpdateItem; PutItem + UpdateItem: what delivery does)",

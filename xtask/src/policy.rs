@@ -51,7 +51,27 @@ mod tests {
             &[
                 ("dynamodb:PutItem", TABLE),
                 ("dynamodb:GetItem", TABLE),
+                // Conversation summaries, the suppression list.
                 ("dynamodb:UpdateItem", TABLE),
+                // A keyword reply whose enqueue failed; an opt-in's emptied entry.
+                ("dynamodb:DeleteItem", TABLE),
+                // Keyword replies are queued for delivery.
+                ("sqs:SendMessage", QUEUE),
+            ],
+        ),
+        (
+            "SuppressionsFunction",
+            &[
+                ("dynamodb:GetItem", TABLE),
+                // Entries added and lifted; API keys' last use.
+                ("dynamodb:UpdateItem", TABLE),
+                // An address's last entry.
+                ("dynamodb:DeleteItem", TABLE),
+                // The list index, no other (and no Scan).
+                (
+                    "dynamodb:Query",
+                    "!Sub ${MessagesTable.Arn}/index/suppression-list",
+                ),
             ],
         ),
         (
@@ -77,6 +97,10 @@ mod tests {
                 ("dynamodb:GetItem", TABLE),
                 ("dynamodb:PutItem", TABLE),
                 ("dynamodb:UpdateItem", TABLE),
+                // A keyword reply whose enqueue failed; an opt-in's emptied entry.
+                ("dynamodb:DeleteItem", TABLE),
+                // Keyword replies are queued for delivery.
+                ("sqs:SendMessage", QUEUE),
                 // The Twilio auth token that webhook signatures are checked with.
                 ("secretsmanager:GetSecretValue", PROVIDER_SECRET),
             ],
@@ -146,6 +170,8 @@ mod tests {
         ("ConversationSummaryFailed", None),
         ("WebhookRejected", Some("Provider")),
         ("ReportsApplied", Some("Provider")),
+        ("MessagesSuppressed", None),
+        ("SuppressionsAdded", Some("Source")),
     ];
 
     type Grants = BTreeSet<(String, String)>;
@@ -922,10 +948,10 @@ mod tests {
                 push(
                     d,
                     "Resources.InboundFunction.Properties.Policies.0.Statement",
-                    "{Effect: Allow, Action: sqs:SendMessage, Resource: !GetAtt MessagesQueue.Arn}",
+                    "{Effect: Allow, Action: sqs:DeleteMessage, Resource: !GetAtt MessagesQueue.Arn}",
                 )
             },
-            "InboundFunction allows more than expected: sqs:SendMessage on MessagesQueue",
+            "InboundFunction allows more than expected: sqs:DeleteMessage on MessagesQueue",
         ),
         (
             "a missing action",
@@ -1257,14 +1283,19 @@ mod tests {
                 "Resources.ReadFunction.Properties.Policies.0.Statement.0.Action",
             ) = yaml("dynamodb:GetItem")
         }),
-        ("a statement as a single mapping", |d| {
+        ("a statement as a single mapping, in a second policy", |d| {
             *at(
                 d,
                 "Resources.InboundFunction.Properties.Policies.0.Statement",
             ) = yaml(
-                "{Effect: Allow, Action: [dynamodb:PutItem, dynamodb:GetItem, dynamodb:UpdateItem], \
-                 Resource: !GetAtt MessagesTable.Arn}",
-            )
+                "{Effect: Allow, Action: [dynamodb:PutItem, dynamodb:GetItem, dynamodb:UpdateItem, \
+                 dynamodb:DeleteItem], Resource: !GetAtt MessagesTable.Arn}",
+            );
+            push(
+                d,
+                "Resources.InboundFunction.Properties.Policies",
+                "{Statement: {Effect: Allow, Action: sqs:SendMessage, Resource: !GetAtt MessagesQueue.Arn}}",
+            );
         }),
         ("a resource as a list, in the long GetAtt form", |d| {
             *at(

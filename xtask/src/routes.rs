@@ -12,14 +12,23 @@ pub fn watch_router_section() -> String {
          # Generated from the route table (shared/src/http/routes.rs): `cargo xtask routes`.\n\
          [workspace.metadata.lambda.watch.router]\n",
     );
+    // One line per path, listing every method served there (a TOML key once).
+    let mut paths: Vec<(String, Vec<String>)> = Vec::new();
     for (_, route) in routes::all() {
         for path in route.paths() {
-            text += &format!(
-                "\"{path}\" = [{{ method = \"{}\", function = \"{}\" }}]\n",
+            let target = format!(
+                "{{ method = \"{}\", function = \"{}\" }}",
                 route.method,
                 route.function.binary()
             );
+            match paths.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, targets)) => targets.push(target),
+                None => paths.push((path, vec![target])),
+            }
         }
+    }
+    for (path, targets) in paths {
+        text += &format!("\"{path}\" = [{}]\n", targets.join(", "));
     }
     text
 }

@@ -69,10 +69,11 @@ const IMAGE_CHANGES: [&str; 2] = [
 
 /// The architecture local invokes use: this machine's (no emulation of the other).
 const ARCHITECTURE: &str = "x86_64";
-const FUNCTIONS: [&str; 5] = [
+const FUNCTIONS: [&str; 6] = [
     "OutboundFunction",
     "InboundFunction",
     "ReadFunction",
+    "SuppressionsFunction",
     "WebhooksFunction",
     "DeliveryFunction",
 ];
@@ -984,7 +985,7 @@ async fn invoke_suite(
 ) -> Result<()> {
     const SQS_FIXTURE: &str = "sqs-delivery-batch.json";
     println!("\nxtask: ===== sam local invoke: every fixture in events/ =====");
-    let cases: [(&str, &str, Expect); 18] = [
+    let cases: [(&str, &str, Expect); 20] = [
         (
             "OutboundFunction",
             "outbound-sms.json",
@@ -1049,6 +1050,16 @@ async fn invoke_suite(
             "ReadFunction",
             "get-conversation-unknown.json",
             Expect::Errors(404, &["id"]),
+        ),
+        (
+            "SuppressionsFunction",
+            "list-suppressions-bad-channel.json",
+            Expect::Errors(400, &["channel"]),
+        ),
+        (
+            "SuppressionsFunction",
+            "remove-suppression-unknown.json",
+            Expect::Errors(404, &["address"]),
         ),
         // Signed with the stack's Twilio auth token for the fixture's URL.
         ("WebhooksFunction", "twilio-inbound-sms.json", Expect::Twiml),

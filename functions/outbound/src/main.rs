@@ -9,7 +9,7 @@ async fn main() -> Result<(), Error> {
     let router = http::outbound_router(
         startup.message_store(),
         startup.delivery_queue()?,
-        startup.senders(),
+        startup.send_rules(),
         startup.authenticator(),
     );
     lambda_http::run(router).await

@@ -19,7 +19,9 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::domain::validation::is_email;
-use crate::domain::{Channel, FieldError, NewMessage, ProviderKind, ReportedOutcome, StatusReport};
+use crate::domain::{
+    Channel, FieldError, NewMessage, OptOutSignal, ProviderKind, ReportedOutcome, StatusReport,
+};
 
 pub const SIGNATURE_HEADER: &str = "x-twilio-email-event-webhook-signature";
 pub const TIMESTAMP_HEADER: &str = "x-twilio-email-event-webhook-timestamp";
@@ -125,6 +127,37 @@ fn event_outcome(event: &str) -> ReportedOutcome {
     }
 }
 
+/// `dropped` reasons that say the address itself must not be mailed.
+const ADDRESS_DROP_REASONS: [&str; 3] = [
+    "bounced address",
+    "spam reporting address",
+    "unsubscribed address",
+];
+
+/// Whether an event puts its recipient (`email`) on the suppression list: a
+/// hard bounce (`type` `blocked` is a temporary refusal and does not), a drop
+/// because of the address, a spam report or an unsubscribe.
+fn opt_out(name: &str, event: &Map<String, Value>) -> Option<OptOutSignal> {
+    let reason = str_at(event, "reason").or_else(|| str_at(event, "response"));
+    let suppresses = match name {
+        "bounce" => str_at(event, "type").is_none_or(|kind| kind == "bounce"),
+        "dropped" => reason.is_some_and(|why| {
+            let why = why.to_lowercase();
+            ADDRESS_DROP_REASONS.iter().any(|r| why.contains(r))
+        }),
+        "spamreport" | "unsubscribe" | "group_unsubscribe" => true,
+        _ => false,
+    };
+    let address = str_at(event, "email")?;
+    suppresses.then(|| OptOutSignal {
+        address: address.to_owned(),
+        reason: match reason {
+            Some(why) => format!("sendgrid {name}: {why}"),
+            None => format!("sendgrid {name}"),
+        },
+    })
+}
+
 /// Reads an Event Webhook body: a JSON array of events.
 pub fn parse_events(body: &[u8]) -> Result<Vec<StatusReport>, FieldError> {
     let not_array = || FieldError::new("body", "must be a JSON array of events");
@@ -171,6 +204,7 @@ pub fn parse_events(body: &[u8]) -> Result<Vec<StatusReport>, FieldError> {
                 provider_status: name.to_owned(),
                 detail,
                 event_id: str_at(event, "sg_event_id").map(str::to_owned),
+                opt_out: opt_out(name, event),
             })
         })
         .collect()
@@ -617,7 +651,48 @@ mod tests {
                 provider_status: "dropped".into(),
                 detail: Some("dropped: Bounced Address".into()),
                 event_id: Some("ZHJvcC0xMDk5NDkxOS1MUnpYbF9OSFN0T0doUTRrb2ZTbV9BLTA".into()),
+                opt_out: Some(OptOutSignal {
+                    address: "hello@world.com".into(),
+                    reason: "sendgrid dropped: Bounced Address".into(),
+                }),
             }]
+        );
+    }
+
+    #[test]
+    fn hard_bounces_spam_reports_and_unsubscribes_are_opt_out_signals() {
+        let body = serde_json::json!([
+            {"event": "bounce", "email": "hard@example.com", "type": "bounce", "reason": "550 no such user"},
+            {"event": "bounce", "email": "legacy@example.com"},
+            {"event": "bounce", "email": "soft@example.com", "type": "blocked", "reason": "421 try later"},
+            {"event": "dropped", "email": "dropped@example.com", "reason": "Spam Reporting Address"},
+            {"event": "dropped", "email": "content@example.com", "reason": "Spam Content"},
+            {"event": "spamreport", "email": "spam@example.com"},
+            {"event": "unsubscribe", "email": "unsub@example.com"},
+            {"event": "group_unsubscribe", "email": "group@example.com", "asm_group_id": 1},
+            {"event": "delivered", "email": "fine@example.com"},
+            {"event": "spamreport"},
+        ]);
+        let signals: Vec<_> = parse_events(body.to_string().as_bytes())
+            .expect("events")
+            .into_iter()
+            .map(|r| r.opt_out.map(|s| s.address))
+            .collect();
+        let some = |a: &str| Some(a.to_owned());
+        assert_eq!(
+            signals,
+            [
+                some("hard@example.com"),
+                some("legacy@example.com"),
+                None,
+                some("dropped@example.com"),
+                None,
+                some("spam@example.com"),
+                some("unsub@example.com"),
+                some("group@example.com"),
+                None,
+                None,
+            ]
         );
     }
 

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 
 use crate::delivery::{Deliverer, DeliveryRecord};
 use crate::metrics::{self, Metric, name};
-use crate::ports::{DeliveryQueue, DeliveryStore, Provider, QueueError, QueueVisibility};
+use crate::ports::{
+    DeliveryQueue, DeliveryStore, Provider, QueueError, QueueVisibility, SuppressionList,
+};
 
 /// Longest visibility timeout SQS accepts (12 hours).
 const MAX_VISIBILITY_SECS: u64 = 12 * 60 * 60;
@@ -121,7 +123,7 @@ pub async fn handle_event<S, Q, P>(
     event: LambdaEvent<SqsEvent>,
 ) -> SqsBatchResponse
 where
-    S: DeliveryStore,
+    S: DeliveryStore + SuppressionList,
     Q: DeliveryQueue + QueueVisibility,
     P: Provider,
 {

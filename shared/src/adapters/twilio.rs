@@ -8,6 +8,10 @@ use super::providers::{classify_status, classify_transport, truncate};
 use crate::domain::Message;
 use crate::ports::{Accepted, ProviderError};
 
+/// Twilio's error for a recipient who replied STOP to the sending number
+/// ("Attempt to send to unsubscribed recipient").
+const UNSUBSCRIBED_RECIPIENT: i64 = 21610;
+
 #[derive(Clone)]
 pub struct Twilio {
     client: reqwest::Client,
@@ -106,7 +110,15 @@ impl Twilio {
                 provider_message_id: sid,
             });
         }
-        let detail = match serde_json::from_str::<TwilioError>(&text) {
+        let error = serde_json::from_str::<TwilioError>(&text);
+        let unsubscribed = matches!(
+            &error,
+            Ok(TwilioError {
+                code: Some(UNSUBSCRIBED_RECIPIENT),
+                ..
+            })
+        );
+        let detail = match error {
             Ok(TwilioError {
                 message: Some(m),
                 code: Some(c),
@@ -116,6 +128,11 @@ impl Twilio {
             }) => m,
             _ => truncate(&text, 300),
         };
+        if unsubscribed && status.is_client_error() {
+            return Err(ProviderError::Unsubscribed {
+                reason: format!("twilio answered {}: {detail}", status.as_u16()),
+            });
+        }
         Err(classify_status("twilio", status, &headers, &detail))
     }
 }

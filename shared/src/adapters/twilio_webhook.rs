@@ -251,6 +251,7 @@ pub fn status_report(params: &[(String, String)]) -> Result<StatusReport, Vec<Fi
             detail: param(params, "ErrorCode")
                 .map(|code| format!("{status} (ErrorCode {})", code.trim())),
             event_id: None,
+            opt_out: None,
         }),
         _ => Err(errors),
     }
@@ -511,6 +512,7 @@ mod tests {
                 provider_status: "delivered".into(),
                 detail: None,
                 event_id: None,
+                opt_out: None,
             }
         );
     }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{ConversationKey, HistoryEntry, Status};
+use super::{ConversationKey, HistoryEntry, Keyword, Status};
 
 /// The channel a message travels on (the API's `type` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -111,6 +111,10 @@ pub struct Message {
     pub updated_at: OffsetDateTime,
     /// Status changes, oldest first: accepted, each claim and each outcome.
     pub history: Vec<HistoryEntry>,
+    /// Set on our automatic answer to an inbound keyword (STOP, START, HELP);
+    /// the opt-out confirmation and the help text go even to a suppressed
+    /// recipient.
+    pub keyword_reply: Option<Keyword>,
 }
 
 impl Message {
@@ -144,6 +148,36 @@ impl Message {
                 status,
                 error: None,
             }],
+            keyword_reply: None,
+        }
+    }
+
+    /// Our automatic answer to the inbound `keyword` message: `text` back to its
+    /// sender, from the number or address it wrote to, on the same channel
+    /// family (an MMS keyword is answered by SMS).
+    pub fn keyword_reply(
+        inbound: &Message,
+        keyword: Keyword,
+        text: &str,
+        now: OffsetDateTime,
+    ) -> Self {
+        let channel = if inbound.channel.is_phone() {
+            Channel::Sms
+        } else {
+            inbound.channel
+        };
+        let new = NewMessage {
+            channel,
+            from: inbound.to.clone(),
+            to: inbound.from.clone(),
+            body: text.to_owned(),
+            attachments: None,
+            timestamp: None,
+            messaging_provider_id: None,
+        };
+        Self {
+            keyword_reply: Some(keyword),
+            ..Self::accept(new, Direction::Outbound, now)
         }
     }
 

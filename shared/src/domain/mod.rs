@@ -8,6 +8,7 @@ mod message;
 mod report;
 mod retry;
 mod status;
+pub mod suppression;
 pub mod validation;
 
 pub use access::Scope;
@@ -15,7 +16,11 @@ pub use conversation::{Conversation, ConversationKey, LastMessage};
 pub use history::HistoryEntry;
 pub use idempotency::IdempotencyKey;
 pub use message::{Channel, Direction, Message, MessageId, NewMessage, ProviderKind};
-pub use report::{ReportedOutcome, StatusReport};
+pub use report::{OptOutSignal, ReportedOutcome, StatusReport};
 pub use retry::RetryPolicy;
 pub use status::{LeaseRule, Origin, Status, Transition};
+pub use suppression::{
+    Keyword, Keywords, OptOutPolicy, OptOutScope, Suppression, SuppressionChannel,
+    SuppressionSource,
+};
 pub use validation::{FieldError, validate_inbound, validate_outbound};

@@ -46,4 +46,15 @@ pub struct StatusReport {
     /// Unique id of this report, when the provider gives one (SendGrid
     /// `sg_event_id`), used to ignore redelivered events.
     pub event_id: Option<String>,
+    /// The recipient told the provider they want no more messages, or cannot
+    /// receive any (SendGrid hard bounce, spam report, unsubscribe).
+    pub opt_out: Option<OptOutSignal>,
+}
+
+/// An address a provider says must not be written to again, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptOutSignal {
+    /// As the provider gave it; normalized when it is put on the list.
+    pub address: String,
+    pub reason: String,
 }

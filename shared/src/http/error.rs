@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::access::AuthError;
 use crate::api::{AcceptError, ReadError};
+use crate::compliance::SuppressionError;
 use crate::domain::FieldError;
 use crate::domain::access::AccessError;
 use crate::ports::{QueueError, StoreError};
@@ -188,6 +189,23 @@ impl From<ReadError> for ApiError {
                 message,
             },
             ReadError::Unavailable(reason) => Self::Unavailable(reason),
+        }
+    }
+}
+
+impl From<SuppressionError> for ApiError {
+    fn from(e: SuppressionError) -> Self {
+        match e {
+            SuppressionError::Invalid(fields) => Self::Validation(fields),
+            SuppressionError::BadParameter(FieldError { field, message }) => Self::BadRequest {
+                field: Some(field),
+                message,
+            },
+            SuppressionError::NotFound { .. } => Self::NotFound {
+                field: "address",
+                message: e.to_string(),
+            },
+            SuppressionError::Unavailable(reason) => Self::Unavailable(reason),
         }
     }
 }

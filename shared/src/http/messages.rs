@@ -10,10 +10,12 @@ use axum::response::Response;
 use tracing::warn;
 
 use crate::access::{Authenticator, Caller};
-use crate::api::{self, OutboundAccepted};
-use crate::domain::access::Senders;
+use crate::api::{self, OutboundAccepted, SendRules};
+use crate::compliance::KeywordReplies;
 use crate::domain::{IdempotencyKey, Message};
-use crate::ports::{ApiKeyStore, ConversationLog, DeliveryQueue, InboundInsert, MessageStore};
+use crate::ports::{
+    ApiKeyStore, ConversationLog, DeliveryQueue, InboundInsert, MessageStore, SuppressionList,
+};
 use crate::views::MessageView;
 
 use super::{
@@ -24,18 +26,23 @@ use super::{
 struct Outbound<S, Q> {
     store: S,
     queue: Q,
-    senders: Senders,
+    rules: SendRules,
+}
+
+struct Inbound<S, Q> {
+    store: S,
+    keywords: KeywordReplies<Q>,
 }
 
 /// The outbound function's router: `POST /messages/outbound`.
 pub fn outbound_router<S, Q, K>(
     store: S,
     queue: Q,
-    senders: Senders,
+    rules: SendRules,
     keys: Arc<Authenticator<K>>,
 ) -> Router
 where
-    S: MessageStore + ConversationLog + 'static,
+    S: MessageStore + ConversationLog + SuppressionList + 'static,
     Q: DeliveryQueue + 'static,
     K: ApiKeyStore + 'static,
 {
@@ -45,20 +52,26 @@ where
         .finish(Arc::new(Outbound {
             store,
             queue,
-            senders,
+            rules,
         }))
 }
 
-/// The inbound function's router: `POST /messages/inbound`.
-pub fn inbound_router<S, K>(store: S, keys: Arc<Authenticator<K>>) -> Router
+/// The inbound function's router: `POST /messages/inbound`. Inbound keywords
+/// (STOP, START, HELP) are answered through `keywords`.
+pub fn inbound_router<S, Q, K>(
+    store: S,
+    keywords: KeywordReplies<Q>,
+    keys: Arc<Authenticator<K>>,
+) -> Router
 where
-    S: MessageStore + ConversationLog + 'static,
+    S: MessageStore + ConversationLog + SuppressionList + 'static,
+    Q: DeliveryQueue + 'static,
     K: ApiKeyStore + 'static,
 {
     Routes::new(Function::Inbound)
         .with_keys(keys)
-        .serve(Operation::RecordInbound, record_inbound::<S>)
-        .finish(Arc::new(store))
+        .serve(Operation::RecordInbound, record_inbound::<S, Q>)
+        .finish(Arc::new(Inbound { store, keywords }))
 }
 
 /// 202 with the queued message and its `Location`; a replay of an idempotent
@@ -71,7 +84,7 @@ async fn send_message<S, Q>(
     JsonObject(payload): JsonObject,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationLog,
+    S: MessageStore + ConversationLog + SuppressionList,
     Q: DeliveryQueue,
 {
     let key = header_str(&headers, IDEMPOTENCY_KEY)
@@ -82,7 +95,7 @@ where
         })
         .transpose()?;
     Ok(
-        match api::accept_outbound(&app.store, &app.queue, &app.senders, &payload, key.as_ref())
+        match api::accept_outbound(&app.store, &app.queue, &app.rules, &payload, key.as_ref())
             .await?
         {
             OutboundAccepted::Queued(m) => message_response(StatusCode::ACCEPTED, &m),
@@ -103,15 +116,16 @@ where
 
 /// 201 with the stored message, or 200 with the message already stored under
 /// the same `messaging_provider_id`.
-async fn record_inbound<S>(
-    State(store): State<Arc<S>>,
+async fn record_inbound<S, Q>(
+    State(app): State<Arc<Inbound<S, Q>>>,
     JsonObject(payload): JsonObject,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationLog,
+    S: MessageStore + ConversationLog + SuppressionList,
+    Q: DeliveryQueue,
 {
     Ok(inserted_response(
-        api::accept_inbound(store.as_ref(), &payload).await?,
+        api::accept_inbound(&app.store, &app.keywords, &payload).await?,
     ))
 }
 

@@ -7,6 +7,7 @@ mod conversations;
 pub mod error;
 mod messages;
 pub mod routes;
+mod suppressions;
 mod webhooks;
 
 use std::collections::HashSet;
@@ -34,6 +35,7 @@ pub use routes::{Function, Operation, Route};
 
 pub use conversations::read_router;
 pub use messages::{inbound_router, outbound_router};
+pub use suppressions::suppressions_router;
 pub use webhooks::webhooks_router;
 
 /// Largest request body accepted (API Gateway allows more; messages never need it).

@@ -12,11 +12,18 @@ pub enum Function {
     Outbound,
     Inbound,
     Read,
+    Suppressions,
     Webhooks,
 }
 
 impl Function {
-    pub const ALL: [Self; 4] = [Self::Outbound, Self::Inbound, Self::Read, Self::Webhooks];
+    pub const ALL: [Self; 5] = [
+        Self::Outbound,
+        Self::Inbound,
+        Self::Read,
+        Self::Suppressions,
+        Self::Webhooks,
+    ];
 
     /// The binary (and `cargo lambda watch` function) name.
     pub const fn binary(self) -> &'static str {
@@ -24,6 +31,7 @@ impl Function {
             Self::Outbound => "outbound",
             Self::Inbound => "inbound",
             Self::Read => "read",
+            Self::Suppressions => "suppressions",
             Self::Webhooks => "webhooks",
         }
     }
@@ -38,6 +46,9 @@ pub enum Operation {
     ListConversations,
     GetConversation,
     ListConversationMessages,
+    ListSuppressions,
+    AddSuppression,
+    RemoveSuppression,
     TwilioMessage,
     TwilioStatus,
     SendGridInbound,
@@ -57,13 +68,16 @@ pub struct Route {
 }
 
 impl Operation {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 13] = [
         Self::SendMessage,
         Self::RecordInbound,
         Self::GetMessage,
         Self::ListConversations,
         Self::GetConversation,
         Self::ListConversationMessages,
+        Self::ListSuppressions,
+        Self::AddSuppression,
+        Self::RemoveSuppression,
         Self::TwilioMessage,
         Self::TwilioStatus,
         Self::SendGridInbound,
@@ -99,6 +113,24 @@ impl Operation {
                 "/conversations/{id}/messages",
                 Read,
                 Some(Scope::MessagesRead),
+            ),
+            Self::ListSuppressions => (
+                "GET",
+                "/suppressions",
+                Suppressions,
+                Some(Scope::MessagesRead),
+            ),
+            Self::AddSuppression => (
+                "POST",
+                "/suppressions",
+                Suppressions,
+                Some(Scope::SuppressionsWrite),
+            ),
+            Self::RemoveSuppression => (
+                "DELETE",
+                "/suppressions/{channel}/{address}",
+                Suppressions,
+                Some(Scope::SuppressionsWrite),
             ),
             Self::TwilioMessage => ("POST", "/webhooks/twilio/messages", Webhooks, None),
             Self::TwilioStatus => ("POST", "/webhooks/twilio/status", Webhooks, None),

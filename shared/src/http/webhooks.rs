@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::adapters::{sendgrid_webhook, twilio_webhook};
-use crate::ports::{ConversationLog, MessageStore, ReportStore};
+use crate::ports::{ConversationLog, DeliveryQueue, MessageStore, ReportStore, SuppressionList};
 use crate::webhooks::{RequestOrigin, TwilioPost, Webhooks};
 
 use super::{
@@ -18,19 +18,20 @@ use super::{
 };
 
 /// The webhooks function's router.
-pub fn webhooks_router<S>(webhooks: Webhooks<S>) -> Router
+pub fn webhooks_router<S, Q>(webhooks: Webhooks<S, Q>) -> Router
 where
-    S: MessageStore + ConversationLog + ReportStore + 'static,
+    S: MessageStore + ConversationLog + ReportStore + SuppressionList + 'static,
+    Q: DeliveryQueue + 'static,
 {
     Routes::new(Function::Webhooks)
-        .serve(Operation::TwilioMessage, twilio_message::<S>)
-        .serve(Operation::TwilioStatus, twilio_status::<S>)
-        .serve(Operation::SendGridInbound, sendgrid_inbound::<S>)
-        .serve(Operation::SendGridEvents, sendgrid_events::<S>)
+        .serve(Operation::TwilioMessage, twilio_message::<S, Q>)
+        .serve(Operation::TwilioStatus, twilio_status::<S, Q>)
+        .serve(Operation::SendGridInbound, sendgrid_inbound::<S, Q>)
+        .serve(Operation::SendGridEvents, sendgrid_events::<S, Q>)
         .finish(Arc::new(webhooks))
 }
 
-type App<S> = State<Arc<Webhooks<S>>>;
+type App<S, Q> = State<Arc<Webhooks<S, Q>>>;
 
 fn require_media_type(headers: &HeaderMap, expected: &'static str) -> Result<(), ApiError> {
     let declared =
@@ -51,14 +52,15 @@ fn twiml() -> Response {
         .into_response()
 }
 
-fn twilio_post<'a, S>(
-    webhooks: &Webhooks<S>,
+fn twilio_post<'a, S, Q>(
+    webhooks: &Webhooks<S, Q>,
     uri: &'a Uri,
     headers: &'a HeaderMap,
     body: &'a [u8],
 ) -> Result<TwilioPost<'a>, ApiError>
 where
-    S: MessageStore + ConversationLog + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore + SuppressionList,
+    Q: DeliveryQueue,
 {
     require_media_type(headers, "application/x-www-form-urlencoded")?;
     let origin = RequestOrigin {
@@ -79,14 +81,15 @@ where
 }
 
 /// `POST /webhooks/twilio/messages`: an inbound SMS/MMS → empty TwiML.
-async fn twilio_message<S>(
-    State(webhooks): App<S>,
+async fn twilio_message<S, Q>(
+    State(webhooks): App<S, Q>,
     uri: Uri,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationLog + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore + SuppressionList,
+    Q: DeliveryQueue,
 {
     let post = twilio_post(&webhooks, &uri, &headers, &body)?;
     webhooks.twilio_message(post).await?;
@@ -94,14 +97,15 @@ where
 }
 
 /// `POST /webhooks/twilio/status`: a status callback → empty TwiML.
-async fn twilio_status<S>(
-    State(webhooks): App<S>,
+async fn twilio_status<S, Q>(
+    State(webhooks): App<S, Q>,
     uri: Uri,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationLog + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore + SuppressionList,
+    Q: DeliveryQueue,
 {
     let post = twilio_post(&webhooks, &uri, &headers, &body)?;
     webhooks.twilio_status(post).await?;
@@ -109,13 +113,14 @@ where
 }
 
 /// `POST /webhooks/sendgrid/inbound`: 201 with the stored email, 200 if stored before.
-async fn sendgrid_inbound<S>(
-    State(webhooks): App<S>,
+async fn sendgrid_inbound<S, Q>(
+    State(webhooks): App<S, Q>,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationLog + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore + SuppressionList,
+    Q: DeliveryQueue,
 {
     // Credentials first: an unauthenticated caller learns nothing about the body.
     let caller =
@@ -129,13 +134,14 @@ where
 }
 
 /// `POST /webhooks/sendgrid/events`: 200 with what the batch did.
-async fn sendgrid_events<S>(
-    State(webhooks): App<S>,
+async fn sendgrid_events<S, Q>(
+    State(webhooks): App<S, Q>,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError>
 where
-    S: MessageStore + ConversationLog + ReportStore,
+    S: MessageStore + ConversationLog + ReportStore + SuppressionList,
+    Q: DeliveryQueue,
 {
     let outcome = webhooks
         .sendgrid_events(

@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::domain::{Channel, Conversation, Direction, HistoryEntry, LastMessage, Message, Status};
+use crate::domain::{
+    Channel, Conversation, Direction, HistoryEntry, Keyword, LastMessage, Message, Status,
+};
 
 /// A `MSG#<id>` item's message attributes (the adapter adds `pk` and
 /// `conversation_sort`; deliveries add and remove the lease attributes).
@@ -40,6 +42,9 @@ pub(super) struct MessageItem {
     updated_at: OffsetDateTime,
     #[serde(default)]
     history: Vec<HistoryItem>,
+    /// `opt_out`, `opt_in` or `help` on our answer to an inbound keyword.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keyword_reply: Option<String>,
 }
 
 /// One entry of a message item's `history` list.
@@ -81,6 +86,7 @@ impl From<&Message> for MessageItem {
                     error: entry.error.clone(),
                 })
                 .collect(),
+            keyword_reply: message.keyword_reply.map(|k| k.as_str().to_owned()),
         }
     }
 }
@@ -114,6 +120,7 @@ impl From<MessageItem> for Message {
                     error: entry.error,
                 })
                 .collect(),
+            keyword_reply: item.keyword_reply.as_deref().and_then(Keyword::parse),
         }
     }
 }

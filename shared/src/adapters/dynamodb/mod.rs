@@ -13,7 +13,8 @@
 //!   `sent` status, so status callbacks find their message;
 //! - `EVENT#<provider>#<event id>`: a provider event already handled (TTL 7 days);
 //! - conversations (see [`conversations`]): `CONV#<id>` and `CONVPART#<id>#<participant>`;
-//! - API keys (see [`keys`]): `APIKEY#<SHA-256 of the key>`.
+//! - API keys (see [`keys`]): `APIKEY#<SHA-256 of the key>`;
+//! - the suppression list (see [`suppressions`]): `SUPPRESSION#<channel>#<address>`.
 //!
 //! Message items also carry `conversation_sort`, their position in their
 //! conversation (GSI `conversation-messages`).
@@ -23,6 +24,7 @@ mod conversations;
 mod item;
 mod keys;
 mod reports;
+mod suppressions;
 
 use std::collections::HashMap;
 use std::time::Duration;
