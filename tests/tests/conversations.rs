@@ -403,3 +403,56 @@ async fn bad_queries_and_forged_cursors_are_400s_naming_the_parameter() {
         );
     }
 }
+
+/// DynamoDB stops a query at 1 MB: a thread of large emails is still read whole,
+/// page after page, with `next_cursor` only while there is more.
+#[tokio::test]
+async fn a_thread_of_over_a_megabyte_is_read_whole() {
+    let api = Api::new();
+    let (them, us) = (email(), "support@usehatchapp.com");
+    let big = "m".repeat(120 * 1024);
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let stored = post(
+            &api,
+            "/messages/inbound",
+            json!({"from": them, "to": us, "type": "email", "body": format!("{i} {big}"),
+                   "timestamp": at(i), "messaging_provider_id": format!("big-{}", uuid::Uuid::new_v4())}),
+        )
+        .await;
+        ids.push(stored["id"].as_str().unwrap().to_owned());
+    }
+    let conversation = post(
+        &api,
+        "/messages/inbound",
+        json!({"from": them, "to": us, "type": "email", "body": "and a small one",
+               "timestamp": at(20), "messaging_provider_id": format!("small-{}", uuid::Uuid::new_v4())}),
+    )
+    .await["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/conversations/{conversation}/messages");
+    let page = get_with(&api, &path, &[("limit", "50")]).await;
+    assert_eq!(page.status, 200, "{}", page.json);
+    let listed: Vec<&str> = page.json["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 13, "one page holds the whole thread");
+    assert_eq!(
+        listed[..12],
+        ids.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(page.json["next_cursor"], Value::Null);
+    // Pages of 10: the first ends after 1 MB of items and still holds 10.
+    let first = get_with(&api, &path, &[("limit", "10")]).await;
+    assert_eq!(first.json["messages"].as_array().unwrap().len(), 10);
+    assert!(
+        first.json["next_cursor"].is_string(),
+        "{}",
+        first.json["next_cursor"]
+    );
+}

@@ -126,6 +126,9 @@ impl DynamoDbStore {
 
     /// One page of `index` under the hash key `hash`, `limit` items read with
     /// `parse`; the next page starts after the last item's sort key and `id_of` it.
+    /// DynamoDB stops a query at 1 MB of items (a thread of large emails) and
+    /// says where with `LastEvaluatedKey`: the query goes on from there until the
+    /// page is full or the index has no more.
     async fn query_page<T>(
         &self,
         index: &IndexQuery,
@@ -136,22 +139,31 @@ impl DynamoDbStore {
         id_of: fn(&T) -> &str,
     ) -> Result<Page<T>, StoreError> {
         let sort_attribute = index.sort;
-        let output = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(index.name)
-            .key_condition_expression("#hash = :hash")
-            .expression_attribute_names("#hash", index.hash)
-            .expression_attribute_values(":hash", s(hash))
-            .scan_index_forward(index.forward)
-            // One more than asked: tells whether there is a next page.
-            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        let mut items = output.items.unwrap_or_default();
+        let mut items: Vec<Item> = Vec::new();
+        let mut start = start;
+        // One more than asked: tells whether there is a next page.
+        while items.len() <= limit {
+            let wanted = limit + 1 - items.len();
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index.name)
+                .key_condition_expression("#hash = :hash")
+                .expression_attribute_names("#hash", index.hash)
+                .expression_attribute_values(":hash", s(hash))
+                .scan_index_forward(index.forward)
+                .limit(i32::try_from(wanted).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            items.extend(output.items.unwrap_or_default());
+            match output.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
         let more = items.len() > limit;
         items.truncate(limit);
         let next_sort = match items.last() {
