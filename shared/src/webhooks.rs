@@ -45,6 +45,16 @@ pub struct EventsOutcome {
     pub duplicates: usize,
 }
 
+/// How many events of one batch are handled at a time.
+const EVENT_CONCURRENCY: usize = 32;
+
+/// What became of one event.
+enum Handled {
+    Applied,
+    Ignored,
+    Duplicate,
+}
+
 /// Why a webhook post was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -299,54 +309,71 @@ where
         )
         .map_err(|e| forbidden(e.to_string()))?;
         let reports = sendgrid_webhook::parse_events(body).map_err(WebhookError::Malformed)?;
+        // The events of a batch are independent (reports only move a message
+        // forward, whatever their order): handled concurrently, a bounded number
+        // at a time, so a full batch is answered well within the timeout.
         let mut outcome = EventsOutcome::default();
-        for report in &reports {
-            if let Some(event_id) = &report.event_id
-                && self
-                    .store
-                    .event_seen(ProviderKind::SendGrid, event_id)
-                    .await?
-            {
-                outcome.duplicates += 1;
-                continue;
-            }
-            let message_id = self.message_of(report).await?;
-            let applied = match &message_id {
-                Some(message_id) => self.apply(message_id, report).await?,
-                None => false,
-            };
-            if let Some(signal) = &report.opt_out
-                && let Ok(address) = SuppressionChannel::Email.normalize(&signal.address)
-            {
-                compliance::suppress(
-                    &self.store,
-                    Suppression {
-                        channel: SuppressionChannel::Email,
-                        address,
-                        sender: None,
-                        reason: signal.reason.clone(),
-                        source: SuppressionSource::SendGrid,
-                        message_id,
-                        created_at: OffsetDateTime::now_utc(),
-                    },
-                )
-                .await?;
-            }
-            if applied {
-                outcome.applied += 1;
-            } else {
-                outcome.ignored += 1;
-            }
-            // Remembered only once handled: a batch that failed half-way is
-            // redelivered by SendGrid and its handled events are then no-ops.
-            if let Some(event_id) = &report.event_id {
-                self.store
-                    .remember_event(ProviderKind::SendGrid, event_id, OffsetDateTime::now_utc())
-                    .await?;
+        let mut handled = Vec::with_capacity(reports.len());
+        for chunk in reports.chunks(EVENT_CONCURRENCY) {
+            let events: Vec<_> = chunk.iter().map(|report| self.event(report)).collect();
+            handled.extend(futures::future::try_join_all(events).await?);
+        }
+        for h in handled {
+            match h {
+                Handled::Applied => outcome.applied += 1,
+                Handled::Ignored => outcome.ignored += 1,
+                Handled::Duplicate => outcome.duplicates += 1,
             }
         }
         info!(events = reports.len(), ?outcome, "sendgrid events handled");
         Ok(outcome)
+    }
+
+    /// One event of a batch: applied to its message, its recipient suppressed if
+    /// it says so, and remembered.
+    async fn event(&self, report: &StatusReport) -> Result<Handled, WebhookError> {
+        if let Some(event_id) = &report.event_id
+            && self
+                .store
+                .event_seen(ProviderKind::SendGrid, event_id)
+                .await?
+        {
+            return Ok(Handled::Duplicate);
+        }
+        let message_id = self.message_of(report).await?;
+        let applied = match &message_id {
+            Some(message_id) => self.apply(message_id, report).await?,
+            None => false,
+        };
+        if let Some(signal) = &report.opt_out
+            && let Ok(address) = SuppressionChannel::Email.normalize(&signal.address)
+        {
+            compliance::suppress(
+                &self.store,
+                Suppression {
+                    channel: SuppressionChannel::Email,
+                    address,
+                    sender: None,
+                    reason: signal.reason.clone(),
+                    source: SuppressionSource::SendGrid,
+                    message_id,
+                    created_at: OffsetDateTime::now_utc(),
+                },
+            )
+            .await?;
+        }
+        // Remembered only once handled: a batch that failed half-way is
+        // redelivered by SendGrid and its handled events are then no-ops.
+        if let Some(event_id) = &report.event_id {
+            self.store
+                .remember_event(ProviderKind::SendGrid, event_id, OffsetDateTime::now_utc())
+                .await?;
+        }
+        Ok(if applied {
+            Handled::Applied
+        } else {
+            Handled::Ignored
+        })
     }
 
     /// Our id of the message a report is about: echoed back by the provider

@@ -525,3 +525,46 @@ async fn the_simulators_callbacks_bring_messages_to_delivered() {
         assert_eq!(m["status"], "delivered", "{m}");
     }
 }
+
+/// SendGrid posts batches of up to 768 KB: a full one is taken (not 413) and
+/// answered, its events handled concurrently. The time it takes is printed.
+#[tokio::test]
+async fn a_full_size_sendgrid_event_batch_is_taken() {
+    let api = Api::new();
+    let m = sent_message(
+        Channel::Email,
+        "news@usehatchapp.com",
+        &email(),
+        "sg-full-batch",
+    )
+    .await;
+    let mut events = Vec::new();
+    let mut size = 2;
+    while size < 760 * 1024 {
+        let mut event = sendgrid_event(&m.id, "processed", &uuid::Uuid::new_v4().to_string());
+        event["category"] = json!(["newsletter", "december"]);
+        event["useragent"] = json!("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36");
+        size += event.to_string().len() + 1;
+        events.push(event);
+    }
+    events.push(sendgrid_event(
+        &m.id,
+        "delivered",
+        &uuid::Uuid::new_v4().to_string(),
+    ));
+    let count = events.len();
+    let started = std::time::Instant::now();
+    let answer = api.post_sendgrid_events(&json!(events), now()).await;
+    let elapsed = started.elapsed();
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.json(),
+        json!({"applied": 1, "ignored": count - 1, "duplicates": 0})
+    );
+    eprintln!(
+        "a {} KB batch of {count} events answered in {:.2} s",
+        size / 1024,
+        elapsed.as_secs_f64()
+    );
+    assert_eq!(message(&api, &m.id).await["status"], "delivered");
+}

@@ -314,8 +314,30 @@ fn sha256_hex(parts: &[&str]) -> String {
         .collect()
 }
 
+/// The most of each text field of an Inbound Parse post kept (the rest is read
+/// and dropped): a message item must stay well within DynamoDB's 400 KB.
+pub const MAX_INBOUND_FIELD_BYTES: usize = 128 * 1024;
+/// The most attachment names kept, each cut at [`MAX_ATTACHMENT_NAME_CHARS`].
+/// Their content is never kept.
+pub const MAX_INBOUND_ATTACHMENTS: usize = 10;
+const MAX_ATTACHMENT_NAME_CHARS: usize = 255;
+
+/// Reads a part, keeping its first `cap` bytes and dropping the rest as it
+/// streams by.
+async fn read_capped(mut field: multer::Field<'_>, cap: usize) -> Result<Vec<u8>, multer::Error> {
+    let mut kept = Vec::new();
+    while let Some(chunk) = field.chunk().await? {
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
+    }
+    Ok(kept)
+}
+
 /// Reads an Inbound Parse post (the default, parsed mode: `from`, `to`, `subject`,
 /// `text`, `html`, `headers`, `attachment-info` and files `attachment1..N`).
+/// Attachments' content is dropped, text fields are cut at
+/// [`MAX_INBOUND_FIELD_BYTES`] and the attachment names at
+/// [`MAX_INBOUND_ATTACHMENTS`], so any post API Gateway can deliver is stored.
 pub async fn parse_inbound(
     content_type: &str,
     body: impl Into<Vec<u8>>,
@@ -342,18 +364,22 @@ pub async fn parse_inbound(
             .and_then(|n| n.parse::<u32>().ok())
         {
             let file_name = field.file_name().map(str::to_owned);
-            field.bytes().await.map_err(malformed)?;
+            read_capped(field, 0).await.map_err(malformed)?;
             files.insert(n, file_name.unwrap_or(name));
         } else if name == "charsets" {
-            let text = field.text().await.map_err(malformed)?;
-            if let Ok(Value::Object(map)) = serde_json::from_str(&text) {
+            let bytes = read_capped(field, MAX_INBOUND_FIELD_BYTES)
+                .await
+                .map_err(malformed)?;
+            if let Ok(Value::Object(map)) = serde_json::from_slice(&bytes) {
                 charsets = map;
             }
         } else if let Some(known) = TEXT_FIELDS.iter().find(|f| **f == name) {
-            let bytes = field.bytes().await.map_err(malformed)?;
-            raw.entry(*known).or_insert_with(|| bytes.to_vec());
+            let bytes = read_capped(field, MAX_INBOUND_FIELD_BYTES)
+                .await
+                .map_err(malformed)?;
+            raw.entry(*known).or_insert(bytes);
         } else {
-            field.bytes().await.map_err(malformed)?;
+            read_capped(field, 0).await.map_err(malformed)?;
         }
     }
     let text = |name: &str| {
@@ -393,7 +419,11 @@ pub async fn parse_inbound(
             .map_or_else(|| key.clone(), str::to_owned);
         files.entry(n).or_insert(named);
     }
-    let attachments: Vec<String> = files.into_values().collect();
+    let attachments: Vec<String> = files
+        .into_values()
+        .take(MAX_INBOUND_ATTACHMENTS)
+        .map(|name| name.chars().take(MAX_ATTACHMENT_NAME_CHARS).collect())
+        .collect();
 
     let (plain, html) = (text("text"), text("html"));
     let body = if plain.trim().is_empty() { html } else { plain };
@@ -864,6 +894,29 @@ mod tests {
                 messaging_provider_id: Some("<CAF=abc123@mail.example.com>".into()),
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_big_inbound_mail_is_cut_to_fit_and_its_attachments_dropped() {
+        let big_text = "x".repeat(3 * MAX_INBOUND_FIELD_BYTES);
+        let big_file = "y".repeat(2 * 1024 * 1024);
+        let names: Vec<String> = (1..=15).map(|n| format!("attachment{n}")).collect();
+        let files: Vec<String> = (1..=15).map(|n| format!("file-{n}.bin")).collect();
+        let mut parts: Vec<(&str, Option<&str>, &str)> = vec![
+            ("from", None, "a@example.com"),
+            ("to", None, "b@example.com"),
+            ("text", None, big_text.as_str()),
+        ];
+        for (name, file) in names.iter().zip(&files) {
+            parts.push((name, Some(file.as_str()), big_file.as_str()));
+        }
+        let body = multipart(&parts);
+        assert!(body.len() > 30 * 1024 * 1024);
+        let message = parse_inbound(&content_type(), body).await.expect("valid");
+        assert_eq!(message.body.len(), MAX_INBOUND_FIELD_BYTES);
+        let attachments = message.attachments.expect("names");
+        assert_eq!(attachments.len(), MAX_INBOUND_ATTACHMENTS);
+        assert_eq!(attachments[0], "file-1.bin");
     }
 
     #[tokio::test]

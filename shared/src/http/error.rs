@@ -14,7 +14,7 @@ use crate::domain::access::AccessError;
 use crate::ports::{QueueError, StoreError};
 use crate::webhooks::WebhookError;
 
-use super::{IDEMPOTENCY_KEY, MAX_BODY_BYTES, json_response};
+use super::{IDEMPOTENCY_KEY, json_response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -50,8 +50,8 @@ pub enum ApiError {
     /// The idempotency key was already used with a different request.
     #[error("{0}")]
     Conflict(String),
-    #[error("request body exceeds {MAX_BODY_BYTES} bytes")]
-    PayloadTooLarge,
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge { limit: usize },
     #[error("content type {declared:?} is not supported; send {expected}")]
     UnsupportedMediaType {
         declared: String,
@@ -83,7 +83,7 @@ impl ApiError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -120,7 +120,7 @@ impl ApiError {
             | Self::Unauthorized { field, .. } => one(field),
             Self::MethodNotAllowed { .. } => one("method"),
             Self::Conflict(_) => one(IDEMPOTENCY_KEY),
-            Self::PayloadTooLarge => one("body"),
+            Self::PayloadTooLarge { .. } => one("body"),
             Self::UnsupportedMediaType { .. } => one("content-type"),
             Self::Unavailable(_) => vec![ErrorItem {
                 field: None,
@@ -171,7 +171,9 @@ impl From<AcceptError> for ApiError {
     fn from(e: AcceptError) -> Self {
         match e {
             AcceptError::Invalid(fields) => Self::Validation(fields),
-            AcceptError::IdempotencyKeyReused => Self::Conflict(e.to_string()),
+            AcceptError::IdempotencyKeyReused | AcceptError::IdempotencyKeyInProgress => {
+                Self::Conflict(e.to_string())
+            }
             AcceptError::Unavailable(reason) => Self::Unavailable(reason),
         }
     }

@@ -38,8 +38,13 @@ pub use messages::{inbound_router, outbound_router};
 pub use suppressions::suppressions_router;
 pub use webhooks::webhooks_router;
 
-/// Largest request body accepted (API Gateway allows more; messages never need it).
+/// Largest request body accepted by default (API Gateway allows more; messages
+/// never need it). The provider webhooks take more: see [`Route::max_body`].
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The body limit of the route a request came in on, for the 413's message.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
 
 /// The header carrying an idempotency key (the convention Stripe and AWS
 /// Powertools users know).
@@ -99,6 +104,9 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
             method_router = method_router
                 .route_layer(middleware::from_fn_with_state((keys, scope), require_key));
         }
+        let limit = route.max_body;
+        method_router = method_router.layer(DefaultBodyLimit::max(limit));
+        method_router = method_router.layer(axum::Extension(BodyLimit(limit)));
         for path in route.paths() {
             self.router = self.router.route(&path, method_router.clone());
         }
@@ -233,19 +241,23 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for QueryParams {
     }
 }
 
-/// The request body, within [`MAX_BODY_BYTES`] (413 above it).
+/// The request body, within its route's limit (413 above it).
 pub struct LimitedBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for LimitedBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = request
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(MAX_BODY_BYTES, |l| l.0);
         Bytes::from_request(request, state)
             .await
             .map(Self)
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge
+                    ApiError::PayloadTooLarge { limit }
                 } else {
                     ApiError::bad_request("body", rejection.body_text())
                 }
@@ -287,7 +299,9 @@ pub fn json_object_body(
 ) -> Result<Map<String, Value>, ApiError> {
     check_json_media_type(content_type)?;
     if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge);
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
     }
     parse_json_object(bytes)
 }

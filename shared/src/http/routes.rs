@@ -65,6 +65,8 @@ pub struct Route {
     /// The API key scope required; `None`: the route authenticates its caller
     /// itself (the provider webhooks' signatures and basic auth).
     pub scope: Option<Scope>,
+    /// The largest request body taken (413 above it).
+    pub max_body: usize,
 }
 
 impl Operation {
@@ -137,14 +139,30 @@ impl Operation {
             Self::SendGridInbound => ("POST", "/webhooks/sendgrid/inbound", Webhooks, None),
             Self::SendGridEvents => ("POST", "/webhooks/sendgrid/events", Webhooks, None),
         };
+        let max_body = match self {
+            Self::SendGridEvents => SENDGRID_EVENTS_MAX_BODY,
+            Self::SendGridInbound => SENDGRID_INBOUND_MAX_BODY,
+            _ => super::MAX_BODY_BYTES,
+        };
         Route {
             method,
             path,
             function,
             scope,
+            max_body,
         }
     }
 }
+
+/// SendGrid posts Event Webhook batches of up to 768 KB ("every 30 seconds or
+/// when the batch size reaches 768 kilobytes"): room for a full one.
+pub const SENDGRID_EVENTS_MAX_BODY: usize = 1024 * 1024;
+
+/// An Inbound Parse post as API Gateway can hand it to a function: Lambda takes
+/// request payloads of up to 6 MB, and a multipart body arrives base64-encoded
+/// (4/3 of its size), so about 4.5 MB of mail; attachments' content is dropped
+/// (see `adapters::sendgrid_webhook`).
+pub const SENDGRID_INBOUND_MAX_BODY: usize = 4608 * 1024;
 
 impl Route {
     pub(crate) fn method_filter(&self) -> MethodFilter {
