@@ -21,8 +21,8 @@ use shared::domain::{
 use shared::http::json_object_body;
 use shared::ports::Lift;
 use shared::ports::{
-    Accepted, Claim, Completion, DeliveryQueue, DeliveryStore, Lease, Page, Position, Provider,
-    ProviderError, QueueError, QueueVisibility, StoreError, Suppressed, SuppressionList,
+    Accepted, Claim, Completion, DeliveryStore, Lease, Page, Position, Provider, ProviderError,
+    QueueError, QueueHandOver, QueueVisibility, StoreError, Suppressed, SuppressionList,
 };
 use shared::views::MessageView;
 use time::OffsetDateTime;
@@ -154,8 +154,14 @@ impl SuppressionList for InstantStore {
 
 struct InstantQueue;
 
-impl DeliveryQueue for InstantQueue {
-    async fn enqueue(&self, _message_id: &str, _delay: Duration) -> Result<(), QueueError> {
+impl QueueHandOver for InstantQueue {
+    async fn hand_over(
+        &self,
+        _message_id: &str,
+        _routing: shared::ports::Routing,
+        _delay: Duration,
+        _hop: u32,
+    ) -> Result<(), QueueError> {
         Ok(())
     }
 }
@@ -228,6 +234,7 @@ fn delivery(c: &mut Criterion) {
             base: Duration::from_secs(5),
             cap: Duration::from_secs(300),
             max_receives: 5,
+            max_age: Duration::from_secs(36_000),
         },
         Duration::from_secs(60),
     );
@@ -236,6 +243,8 @@ fn delivery(c: &mut Criterion) {
         receipt_handle: "AQEB6f1c7a52-0001-4a8b-9c1e-000000000001==".to_owned(),
         message_id: Ok("01932c07-a0c4-7b6e-8000-0000000000a1".to_owned()),
         receive_count: 1,
+        hop: 0,
+        routing: Default::default(),
     };
 
     let mut group = c.benchmark_group("delivery");

@@ -29,6 +29,9 @@ pub enum AcceptError {
     /// The idempotency key was first used with a different request body.
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
+    /// A request with this idempotency key is still being accepted.
+    #[error("a request with this Idempotency-Key is still in progress; retry it shortly")]
+    IdempotencyKeyInProgress,
     /// The store or the queue failed; nothing was accepted.
     #[error("{0}")]
     Unavailable(String),
@@ -167,36 +170,77 @@ pub async fn accept_outbound(
         message_id: message.id.clone(),
         response: serde_json::to_string(&MessageView::from(&message)).unwrap_or_default(),
         expires_at: now + idempotency::RETENTION,
+        completed: false,
     });
     queue_outbound(store, queue, message, record).await
 }
 
+/// How long a repeat waits for the first request with its idempotency key to
+/// finish, and how often it looks.
+const IN_PROGRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+const IN_PROGRESS_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Stores a new outbound message (with its idempotency record, if any) and
 /// queues it; undoes the store if the queue refuses it.
+///
+/// The idempotency record is written `in progress` with the message and
+/// marked completed once the message is queued. A repeat never replays an
+/// answer the first request did not give: it waits (up to
+/// [`IN_PROGRESS_WAIT`]) for the first to finish and then replays its answer;
+/// if the first ended without queueing (its record removed), the repeat is a
+/// new request; still in progress after the wait, it gets a 409.
 pub(crate) async fn queue_outbound(
     store: &(impl MessageStore + ConversationLog),
     queue: &impl DeliveryQueue,
     message: Message,
     record: Option<IdempotencyRecord>,
 ) -> Result<OutboundAccepted, AcceptError> {
-    if let OutboundInsert::KeyUsed(first) = store.insert_outbound(&message, record.as_ref()).await?
+    let mut waited = std::time::Duration::ZERO;
+    while let OutboundInsert::KeyUsed(mut first) =
+        store.insert_outbound(&message, record.as_ref()).await?
     {
-        if record.is_some_and(|r| r.fingerprint == first.fingerprint) {
+        let Some(mine) = &record else {
+            return Err(AcceptError::IdempotencyKeyReused);
+        };
+        if mine.fingerprint != first.fingerprint {
+            return Err(AcceptError::IdempotencyKeyReused);
+        }
+        while !first.completed && waited < IN_PROGRESS_WAIT {
+            tokio::time::sleep(IN_PROGRESS_POLL).await;
+            waited += IN_PROGRESS_POLL;
+            match store.idempotency_record(&mine.key).await? {
+                Some(now) => first = now,
+                // The first request ended without queueing: this one is new.
+                None => break,
+            }
+        }
+        if first.completed {
             info!(message_id = %first.message_id, "idempotent repeat; replaying the first answer");
             return Ok(OutboundAccepted::Replayed {
                 message_id: first.message_id,
                 response: first.response,
             });
         }
-        return Err(AcceptError::IdempotencyKeyReused);
+        if waited >= IN_PROGRESS_WAIT {
+            return Err(AcceptError::IdempotencyKeyInProgress);
+        }
     }
-    if let Err(enqueue_error) = queue.enqueue(&message.id, std::time::Duration::ZERO).await {
+    if let Err(enqueue_error) = queue
+        .enqueue_message(&message, std::time::Duration::ZERO)
+        .await
+    {
         error!(message_id = %message.id, error = %enqueue_error, "enqueue failed; removing the message");
         let key = record.as_ref().map(|r| r.key.as_str());
         if let Err(undo_error) = store.remove_queued(&message.id, key).await {
             error!(message_id = %message.id, error = %undo_error, "could not remove a message that was never queued");
         }
         return Err(enqueue_error.into());
+    }
+    if let Some(record) = &record
+        && let Err(e) = store.complete_idempotency(&record.key).await
+    {
+        // The message is queued; repeats wait, then get a 409, until the key expires.
+        error!(message_id = %message.id, error = %e, "idempotency record not marked completed");
     }
     record_in_conversation(store, &message).await;
     info!(
@@ -365,6 +409,20 @@ mod tests {
 
         async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
             Ok(self.messages.lock().unwrap().get(id).cloned())
+        }
+
+        async fn complete_idempotency(&self, key: &str) -> Result<(), StoreError> {
+            if let Some(record) = self.keys.lock().unwrap().get_mut(key) {
+                record.completed = true;
+            }
+            Ok(())
+        }
+
+        async fn idempotency_record(
+            &self,
+            key: &str,
+        ) -> Result<Option<IdempotencyRecord>, StoreError> {
+            Ok(self.keys.lock().unwrap().get(key).cloned())
         }
 
         async fn remove_queued(

@@ -129,6 +129,7 @@ where
             message_id: message.id.clone(),
             response: String::new(),
             expires_at: now + idempotency::RETENTION,
+            completed: false,
         };
         queue_outbound(store, &replies.queue, message, Some(record)).await?;
     }

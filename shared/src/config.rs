@@ -202,12 +202,19 @@ impl std::fmt::Debug for CredentialSource {
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
     /// `RETRY_BASE_SECONDS` (default 5), `RETRY_MAX_SECONDS` (default 300),
-    /// `MAX_RECEIVE_COUNT` (default 5, the queue's redrive `maxReceiveCount`).
+    /// `MAX_RECEIVE_COUNT` (default 5, the queue's redrive `maxReceiveCount`),
+    /// `MAX_DELIVERY_AGE_SECONDS` (default 36,000: 10 hours).
     pub retry: RetryPolicy,
     /// `PROVIDER_TIMEOUT_SECONDS` (default 10): whole-request timeout for provider calls.
     pub provider_timeout: Duration,
     /// `LEASE_SECONDS` (default 60): how long a delivery attempt owns a message.
     pub lease: Duration,
+    /// `BREAKER_THRESHOLD` (default 5; 0 turns the breaker off): retryable
+    /// failures in a row that pause calls to a provider.
+    pub breaker_threshold: u32,
+    /// `BREAKER_COOLDOWN_SECONDS` (default 30): how long calls pause before one
+    /// probes the provider.
+    pub breaker_cooldown: Duration,
 }
 
 impl Config {
@@ -279,9 +286,18 @@ impl Config {
                     base: seconds("RETRY_BASE_SECONDS", 5)?,
                     cap: seconds("RETRY_MAX_SECONDS", 300)?,
                     max_receives,
+                    max_age: seconds("MAX_DELIVERY_AGE_SECONDS", 36_000)?,
                 },
                 provider_timeout: seconds("PROVIDER_TIMEOUT_SECONDS", 10)?,
                 lease: seconds("LEASE_SECONDS", 60)?,
+                breaker_threshold: match get("BREAKER_THRESHOLD") {
+                    None => 5,
+                    Some(v) => v.trim().parse::<u32>().map_err(|_| ConfigError::Invalid {
+                        name: "BREAKER_THRESHOLD",
+                        reason: format!("expected a whole number, got {v:?}"),
+                    })?,
+                },
+                breaker_cooldown: seconds("BREAKER_COOLDOWN_SECONDS", 30)?,
             },
             webhooks: WebhookConfig {
                 public_base_url,
@@ -447,6 +463,9 @@ mod tests {
         assert_eq!(c.sendgrid.api_url, DEFAULT_SENDGRID_API_URL);
         assert_eq!(c.delivery.retry.max_receives, 5);
         assert_eq!(c.delivery.retry.base, Duration::from_secs(5));
+        assert_eq!(c.delivery.retry.max_age, Duration::from_secs(36_000));
+        assert_eq!(c.delivery.breaker_threshold, 5);
+        assert_eq!(c.delivery.breaker_cooldown, Duration::from_secs(30));
         assert_eq!(
             c.require_queue_url().unwrap_err(),
             ConfigError::Missing("QUEUE_URL")
@@ -461,8 +480,10 @@ mod tests {
             ("TWILIO_API_URL", "http://127.0.0.1:4010/"),
             ("RETRY_BASE_SECONDS", "0.5"),
             ("MAX_RECEIVE_COUNT", "3"),
+            ("MAX_DELIVERY_AGE_SECONDS", "120"),
         ])
         .unwrap();
+        assert_eq!(c.delivery.retry.max_age, Duration::from_secs(120));
         assert_eq!(c.twilio.api_url, "http://127.0.0.1:4010");
         assert_eq!(c.delivery.retry.base, Duration::from_millis(500));
         assert_eq!(c.delivery.retry.max_receives, 3);

@@ -63,6 +63,8 @@ pub mod name {
     /// A provider report moved a message to `delivered` or `failed`
     /// (dimension `Provider`).
     pub const REPORTS_APPLIED: &str = "ReportsApplied";
+    /// A provider's circuit opened: calls to it pause (dimension `Provider`).
+    pub const CIRCUIT_OPENED: &str = "CircuitOpened";
     /// A message was refused or failed because its recipient opted out.
     pub const SUPPRESSED: &str = "MessagesSuppressed";
     /// An address was added to the suppression list (dimension `Source`:

@@ -47,6 +47,9 @@ pub struct IdempotencyRecord {
     /// The first response body, replayed verbatim to repeats.
     pub response: String,
     pub expires_at: OffsetDateTime,
+    /// Whether the first request finished (its message queued). Until then a
+    /// repeat waits; if it ends without queueing, the record is removed.
+    pub completed: bool,
 }
 
 /// Result of storing an outbound message.
@@ -112,6 +115,19 @@ pub trait MessageStore: Send + Sync {
 
     fn get(&self, id: &str) -> impl Future<Output = Result<Option<Message>, StoreError>> + Send;
 
+    /// Marks an idempotency record completed: its message is queued, and
+    /// repeats get the first answer.
+    fn complete_idempotency(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The idempotency record under `key`, if there is one (and it has not expired).
+    fn idempotency_record(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<IdempotencyRecord>, StoreError>> + Send;
+
     /// Removes an outbound message that is still `queued`, with its idempotency
     /// record if it has one (undoing an accept whose enqueue failed).
     fn remove_queued(
@@ -145,14 +161,52 @@ pub trait DeliveryStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// Queueing messages for delivery: the API's accept path, and a delivery
-/// handing a record over to a fresh queue message.
+/// What a queue message tells a delivery before it reads the message: which
+/// provider it goes to (for the circuit breaker) and when it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routing {
+    pub provider: Option<ProviderKind>,
+    pub accepted_at: Option<OffsetDateTime>,
+}
+
+impl Routing {
+    pub fn of(message: &Message) -> Self {
+        Self {
+            provider: Some(message.channel.provider()),
+            accepted_at: Some(message.created_at),
+        }
+    }
+}
+
+/// Queueing messages for delivery: the accept paths.
 pub trait DeliveryQueue: Send + Sync {
     /// Queues a message id for delivery, visible after `delay` (at most 15 minutes).
     fn enqueue(
         &self,
         message_id: &str,
         delay: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Queues a message with its [`Routing`] (what [`Self::enqueue`] does where
+    /// the queue carries nothing else).
+    fn enqueue_message(
+        &self,
+        message: &Message,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send {
+        self.enqueue(&message.id, delay)
+    }
+}
+
+/// A delivery handing a record over to a fresh queue message (on the last
+/// receive the queue allows), counting the hand-overs.
+pub trait QueueHandOver: Send + Sync {
+    fn hand_over(
+        &self,
+        message_id: &str,
+        routing: Routing,
+        delay: Duration,
+        hop: u32,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 

@@ -68,7 +68,12 @@ impl Startup {
             self.config.delivery.retry,
             self.config.delivery.lease,
         )
-        .with_opt_out_scope(self.config.compliance.scope))
+        .with_opt_out_scope(self.config.compliance.scope)
+        .with_provider_timeout(self.config.delivery.provider_timeout)
+        .with_breaker(
+            self.config.delivery.breaker_threshold,
+            self.config.delivery.breaker_cooldown,
+        ))
     }
 
     /// API keys, checked against the table with the configured cache time.

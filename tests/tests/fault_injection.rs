@@ -6,7 +6,10 @@
 //! or `failed` with a reason. Phase one runs without crashes and allows no
 //! duplicate; phase two kills the delivery function's processes mid-batch, where a
 //! duplicate is possible only inside the documented window (provider accepted,
-//! crash before the outcome was written): at most one per killed process.
+//! crash before the outcome was written): at most one per killed process. Phase
+//! three is a provider outage longer than a retry window counted in receives
+//! would survive (everything refused for [`OUTAGE`]): every message ends `sent`,
+//! exactly once, after the provider recovers.
 //!
 //! This suite changes the simulator's global fault settings and kills processes,
 //! so it is `#[ignore]`d in the normal run: `cargo xtask test` runs it alone after
@@ -218,6 +221,19 @@ async fn calm_provider(sim: &Simulator) {
         .await;
 }
 
+/// Longer than five receives at the test stack's delays (1 to 2 s apart), well
+/// within its `MAX_DELIVERY_AGE_SECONDS` (40 s).
+const OUTAGE: Duration = Duration::from_secs(20);
+const OUTAGE_MESSAGES: usize = 20;
+
+async fn provider_down(sim: &Simulator) {
+    sim.configure(
+        json!({"fail_rate": 1.0, "throttle_rate": 0.0, "hang_rate": 0.0,
+                         "latency_ms": 0, "latency_jitter_ms": 0}),
+    )
+    .await;
+}
+
 #[tokio::test]
 #[ignore = "changes global simulator settings and kills processes: run by `cargo xtask test` after the other suites"]
 async fn no_message_is_lost_or_sent_twice() {
@@ -276,7 +292,34 @@ async fn no_message_is_lost_or_sent_twice() {
         "no hidden acceptance without crashes"
     );
     assert!(phase_one.retries > 0, "the faults must have caused retries");
+    // Phase three: the provider refuses everything for longer than the old
+    // receive-counted retry window, then recovers.
+    provider_down(&sim).await;
+    let started = Instant::now();
+    let before = sim.requests().await.len();
+    let accepted_three = send_all(&api, OUTAGE_MESSAGES, "outage").await;
+    tokio::time::sleep(OUTAGE.saturating_sub(started.elapsed())).await;
+    let calls_during_outage = sim.requests().await.len() - before;
+    calm_provider(&sim).await;
+    let phase_three = settle(&api, &sim, &accepted_three, started, limit).await;
+    print("outage", &phase_three, 0, 0);
+    println!(
+        "fault-injection outage: {OUTAGE_MESSAGES} messages cost {calls_during_outage} provider calls during a {}-second outage",
+        OUTAGE.as_secs()
+    );
+
     assert_eq!(phase_two.lost, 0);
+    assert_eq!(
+        (
+            phase_three.sent,
+            phase_three.failed,
+            phase_three.lost,
+            phase_three.duplicates
+        ),
+        (OUTAGE_MESSAGES, 0, 0, 0),
+        "every message of the outage is sent, exactly once"
+    );
+    assert!(calls_during_outage > 0, "the outage must have been tried");
     let window_effects = (phase_two.duplicates + phase_two.accepted_but_failed) as u64;
     assert!(
         window_effects <= in_flight_at_kills,

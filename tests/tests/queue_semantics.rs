@@ -15,6 +15,8 @@ use e2e_tests::{Api, Simulator, aws, env, phone};
 use serde_json::{Value, json};
 use shared::adapters::sqs::SqsQueue;
 use shared::ports::{DeliveryQueue, QueueVisibility};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -115,18 +117,51 @@ fn receive_count(message: &aws_sdk_sqs::types::Message) -> Option<u32> {
         .ok()
 }
 
-/// The delivery function marks a message failed on the last receive the queue
-/// allows, which it learns from each record's `ApproximateReceiveCount`; between
-/// receives it hides the message for the retry delay (ChangeMessageVisibility).
-/// If the emulator did not send the count, or did not count, the provider would be
-/// called until the message went to the dead-letter queue, still `queued`.
+/// Receive counts no longer end retries: a message still failing on the last
+/// receive the queue allows (learnt from each record's `ApproximateReceiveCount`)
+/// is handed over to a fresh queue message, and is sent once the provider
+/// recovers. Between receives the record is hidden for the retry delay
+/// (ChangeMessageVisibility). If the emulator did not count receives, the
+/// record would reach the dead-letter queue, the message stranded `queued`.
 #[tokio::test]
-async fn retries_end_on_the_last_receive_the_queue_allows() {
+async fn retries_outlast_the_receives_the_queue_allows() {
     let (api, sim) = (Api::new(), Simulator::new());
     let client = sqs().await;
     let (max_receives, _) = redrive_policy(&client, &env("QUEUE_URL")).await;
     let to = phone();
-    sim.fail_next(&to, 500, 2 * max_receives as u32, None).await;
+    let failures = 2 * max_receives as u32;
+    sim.fail_next(&to, 500, failures, None).await;
+    let answer = api
+        .post_json(
+            "/messages/outbound",
+            &json!({"from": "+18045551234", "to": to, "type": "sms", "body": "at last"}),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.json);
+    let id = answer.json["id"].as_str().expect("id");
+    let message = api.wait_for(id, SETTLE, settled).await;
+    assert_eq!(message["status"], "sent", "{message}");
+    assert_eq!(message["attempts"], failures + 1, "{message}");
+    let calls = sim.requests_to(&to).await;
+    assert_eq!(
+        calls.len() as u32,
+        failures + 1,
+        "one provider call per attempt"
+    );
+    assert_eq!(
+        calls.iter().filter(|c| c["status"] == 201).count(),
+        1,
+        "sent exactly once"
+    );
+}
+
+/// Retries end by the message's age (`MAX_DELIVERY_AGE_SECONDS`, 40 s on the
+/// test stack): then the message fails, naming its age and the last error.
+#[tokio::test]
+async fn retries_end_when_the_message_is_too_old() {
+    let (api, sim) = (Api::new(), Simulator::new());
+    let to = phone();
+    sim.fail_next(&to, 500, 1000, None).await;
     let answer = api
         .post_json(
             "/messages/outbound",
@@ -135,16 +170,19 @@ async fn retries_end_on_the_last_receive_the_queue_allows() {
         .await;
     assert_eq!(answer.status, 202, "{}", answer.json);
     let id = answer.json["id"].as_str().expect("id");
-    let message = api.wait_for(id, SETTLE, settled).await;
+    let message = api.wait_for(id, Duration::from_secs(90), settled).await;
     assert_eq!(message["status"], "failed", "{message}");
     let error = message["last_error"].as_str().unwrap_or_default();
-    assert!(error.starts_with("retries exhausted"), "{message}");
-    assert_eq!(message["attempts"], max_receives, "{message}");
-    assert_eq!(
-        sim.requests_to(&to).await.len() as u64,
-        max_receives,
-        "one provider call per receive"
+    assert!(error.starts_with("retries exhausted after "), "{message}");
+    assert!(error.contains("500"), "{message}");
+    let created = OffsetDateTime::parse(message["created_at"].as_str().unwrap(), &Rfc3339).unwrap();
+    let updated = OffsetDateTime::parse(message["updated_at"].as_str().unwrap(), &Rfc3339).unwrap();
+    let age = (updated - created).whole_seconds();
+    assert!(
+        (30..=45).contains(&age),
+        "failed {age} s after it was accepted: {message}"
     );
+    assert!(message["attempts"].as_u64() > Some(5), "{message}");
 }
 
 /// The bridge receives up to ten messages at a time and deletes what the function

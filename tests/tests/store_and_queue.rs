@@ -386,3 +386,104 @@ async fn concurrent_requests_with_one_idempotency_key_queue_one_message() {
     assert_eq!(ApiError::from(err).status(), 409);
     client.delete_queue().queue_url(&url).send().await.unwrap();
 }
+
+/// The stack's SQS, reached only after `delay`: a first request that is still
+/// enqueueing while its repeat arrives.
+struct SlowQueue {
+    inner: SqsQueue,
+    delay: std::time::Duration,
+}
+
+impl DeliveryQueue for SlowQueue {
+    async fn enqueue(
+        &self,
+        message_id: &str,
+        delay: std::time::Duration,
+    ) -> Result<(), shared::ports::QueueError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.enqueue(message_id, delay).await
+    }
+}
+
+#[tokio::test]
+async fn a_repeat_during_a_first_request_that_fails_is_a_new_request_not_its_replay() {
+    let store = store().await;
+    let client = aws_sdk_sqs::Client::new(&aws().await);
+    let failing = SlowQueue {
+        inner: SqsQueue::new(client, format!("{}-does-not-exist", env("QUEUE_URL"))),
+        delay: std::time::Duration::from_millis(600),
+    };
+    let (client, url) = private_queue().await;
+    let working = SqsQueue::new(client.clone(), &url);
+    let key = IdempotencyKey::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
+    let marker = marker();
+    let payload = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": marker});
+    let payload = payload.as_object().unwrap();
+    let rules = SendRules::default();
+
+    let (first, repeat) = tokio::join!(
+        accept_outbound(&store, &failing, &rules, payload, Some(&key)),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            accept_outbound(&store, &working, &rules, payload, Some(&key)).await
+        }
+    );
+
+    assert!(
+        matches!(first, Err(AcceptError::Unavailable(_))),
+        "{first:?}"
+    );
+    let Ok(OutboundAccepted::Queued(message)) = repeat else {
+        panic!("the repeat must be accepted anew, not told the first succeeded: {repeat:?}");
+    };
+    assert_eq!(
+        stored_with_marker(&marker).await,
+        1,
+        "only the repeat's message"
+    );
+    let kept = store.get(&message.id).await.unwrap();
+    assert!(kept.is_some());
+    client.delete_queue().queue_url(&url).send().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_repeat_while_the_first_request_is_still_running_gets_409_then_the_first_answer() {
+    let store = store().await;
+    let (client, url) = private_queue().await;
+    let slow = SlowQueue {
+        inner: SqsQueue::new(client.clone(), &url),
+        delay: std::time::Duration::from_secs(5),
+    };
+    let working = SqsQueue::new(client.clone(), &url);
+    let key = IdempotencyKey::parse(&uuid::Uuid::new_v4().to_string()).unwrap();
+    let payload = json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": "slow"});
+    let payload = payload.as_object().unwrap();
+    let rules = SendRules::default();
+
+    let (first, repeat) = tokio::join!(
+        accept_outbound(&store, &slow, &rules, payload, Some(&key)),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            accept_outbound(&store, &working, &rules, payload, Some(&key)).await
+        }
+    );
+
+    let Ok(OutboundAccepted::Queued(message)) = first else {
+        panic!("{first:?}");
+    };
+    let err = repeat.expect_err("still in progress after the wait");
+    assert!(
+        matches!(err, AcceptError::IdempotencyKeyInProgress),
+        "{err:?}"
+    );
+    let answer = ApiError::from(err);
+    assert_eq!(answer.status(), 409);
+    let later = accept_outbound(&store, &working, &rules, payload, Some(&key))
+        .await
+        .unwrap();
+    let OutboundAccepted::Replayed { message_id, .. } = later else {
+        panic!("{later:?}");
+    };
+    assert_eq!(message_id, message.id);
+    client.delete_queue().queue_url(&url).send().await.unwrap();
+}

@@ -191,6 +191,10 @@ fn test_options(logs: &Path) -> Result<Options> {
         function_env: vec![
             ("RETRY_BASE_SECONDS".into(), "1".into()),
             ("RETRY_MAX_SECONDS".into(), "2".into()),
+            // Outages are ridden out until a message is this old (10 hours on
+            // AWS): long enough for the outage phase, short enough for the suites.
+            ("MAX_DELIVERY_AGE_SECONDS".into(), "40".into()),
+            ("BREAKER_COOLDOWN_SECONDS".into(), "3".into()),
             // Revocation tests wait for the key cache to expire.
             ("API_KEY_CACHE_SECONDS".into(), "2".into()),
             ("PROVIDER_TIMEOUT_SECONDS".into(), "5".into()),
@@ -281,6 +285,8 @@ async fn dev(args: &[String]) -> Result<()> {
                 ("LOG_FORMAT".into(), "text".into()),
                 ("RETRY_BASE_SECONDS".into(), "2".into()),
                 ("RETRY_MAX_SECONDS".into(), "30".into()),
+                // A recovery shows within a minute.
+                ("BREAKER_COOLDOWN_SECONDS".into(), "10".into()),
             ],
             visibility_timeout: None,
             concurrency: 2,

@@ -153,6 +153,7 @@ mod tests {
         "DeliveryThrottles",
         "Api5xxRate",
         "FailedPermanentlyRate",
+        "ProviderCircuitOpen",
     ];
 
     /// The custom metrics (namespace Messaging) and the dimension sets each is
@@ -172,6 +173,7 @@ mod tests {
         ("ReportsApplied", Some("Provider")),
         ("MessagesSuppressed", None),
         ("SuppressionsAdded", Some("Source")),
+        ("CircuitOpened", Some("Provider")),
     ];
 
     type Grants = BTreeSet<(String, String)>;

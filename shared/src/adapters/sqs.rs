@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,9 +15,11 @@ use lambda_runtime::LambdaEvent;
 use tokio::time::Instant;
 
 use crate::delivery::{Deliverer, DeliveryRecord};
+use crate::domain::{Message, ProviderKind};
 use crate::metrics::{self, Metric, name};
 use crate::ports::{
-    DeliveryQueue, DeliveryStore, Provider, QueueError, QueueVisibility, SuppressionList,
+    DeliveryQueue, DeliveryStore, Provider, QueueError, QueueHandOver, QueueVisibility, Routing,
+    SuppressionList,
 };
 
 /// Longest visibility timeout SQS accepts (12 hours).
@@ -43,36 +46,105 @@ impl SqsQueue {
     }
 }
 
-/// The body of a queued message: just the id; the table holds the message.
+/// The body of a queued message: the id (the table holds the message) and, on a
+/// message a delivery handed a record over to, how many hand-overs it has had.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct QueuedMessage {
     id: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    hop: u32,
+    /// `twilio` or `sendgrid`: lets a paused provider's records wait unread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provider: Option<String>,
+    /// When the message was accepted (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    accepted: Option<i64>,
+}
+
+/// A queued body, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    pub message_id: String,
+    pub hop: u32,
+    pub routing: Routing,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 pub fn encode_body(message_id: &str) -> String {
-    serde_json::json!({ "id": message_id }).to_string()
+    encode_queued(message_id, Routing::default(), 0)
+}
+
+fn encode_queued(message_id: &str, routing: Routing, hop: u32) -> String {
+    serde_json::to_string(&QueuedMessage {
+        id: message_id.to_owned(),
+        hop,
+        provider: routing.provider.map(|p| p.as_str().to_owned()),
+        accepted: routing.accepted_at.map(OffsetDateTime::unix_timestamp),
+    })
+    .unwrap_or_default()
 }
 
 /// The message id in a queued body, or why there is none.
 pub fn decode_body(body: &str) -> Result<String, String> {
+    decode_queued(body).map(|q| q.message_id)
+}
+
+/// Everything a queued body says.
+pub fn decode_queued(body: &str) -> Result<Queued, String> {
     match serde_json::from_str::<QueuedMessage>(body) {
-        Ok(q) if !q.id.trim().is_empty() => Ok(q.id),
+        Ok(q) if !q.id.trim().is_empty() => Ok(Queued {
+            message_id: q.id,
+            hop: q.hop,
+            routing: Routing {
+                provider: q.provider.as_deref().and_then(ProviderKind::parse),
+                accepted_at: q
+                    .accepted
+                    .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok()),
+            },
+        }),
         Ok(_) => Err("queued body has an empty id".to_owned()),
         Err(e) => Err(format!("queued body is not {{\"id\": ...}}: {e}")),
     }
 }
 
-impl DeliveryQueue for SqsQueue {
-    async fn enqueue(&self, message_id: &str, delay: Duration) -> Result<(), QueueError> {
+impl SqsQueue {
+    async fn send(&self, body: String, delay: Duration) -> Result<(), QueueError> {
         self.client
             .send_message()
             .queue_url(&self.queue_url)
-            .message_body(encode_body(message_id))
+            .message_body(body)
             .delay_seconds(whole_seconds(delay, MAX_DELAY_SECS))
             .send()
             .await
             .map_err(|e| QueueError::Unavailable(DisplayErrorContext(e).to_string()))?;
         Ok(())
+    }
+}
+
+impl DeliveryQueue for SqsQueue {
+    async fn enqueue(&self, message_id: &str, delay: Duration) -> Result<(), QueueError> {
+        self.send(encode_body(message_id), delay).await
+    }
+
+    async fn enqueue_message(&self, message: &Message, delay: Duration) -> Result<(), QueueError> {
+        self.send(encode_queued(&message.id, Routing::of(message), 0), delay)
+            .await
+    }
+}
+
+impl QueueHandOver for SqsQueue {
+    async fn hand_over(
+        &self,
+        message_id: &str,
+        routing: Routing,
+        delay: Duration,
+        hop: u32,
+    ) -> Result<(), QueueError> {
+        self.send(encode_queued(message_id, routing, hop), delay)
+            .await
     }
 }
 
@@ -94,6 +166,14 @@ impl QueueVisibility for SqsQueue {
     }
 }
 
+fn queued(record: &SqsMessage) -> Result<Queued, String> {
+    record
+        .body
+        .as_deref()
+        .ok_or_else(|| "record has no body".to_owned())
+        .and_then(decode_queued)
+}
+
 /// The records of a Lambda SQS event, as delivery records.
 pub fn delivery_records(event: &SqsEvent) -> Vec<DeliveryRecord> {
     event
@@ -102,11 +182,9 @@ pub fn delivery_records(event: &SqsEvent) -> Vec<DeliveryRecord> {
         .map(|r| DeliveryRecord {
             queue_message_id: r.message_id.clone().unwrap_or_default(),
             receipt_handle: r.receipt_handle.clone().unwrap_or_default(),
-            message_id: r
-                .body
-                .as_deref()
-                .ok_or_else(|| "record has no body".to_owned())
-                .and_then(decode_body),
+            message_id: queued(r).map(|q| q.message_id),
+            hop: queued(r).map_or(0, |q| q.hop),
+            routing: queued(r).map(|q| q.routing).unwrap_or_default(),
             receive_count: r
                 .attributes
                 .get("ApproximateReceiveCount")
@@ -124,7 +202,7 @@ pub async fn handle_event<S, Q, P>(
 ) -> SqsBatchResponse
 where
     S: DeliveryStore + SuppressionList,
-    Q: DeliveryQueue + QueueVisibility,
+    Q: QueueHandOver + QueueVisibility,
     P: Provider,
 {
     let records = delivery_records(&event.payload);

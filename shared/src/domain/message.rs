@@ -60,6 +60,12 @@ impl ProviderKind {
             Self::SendGrid => "sendgrid",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Twilio, Self::SendGrid]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The messaging domain: pure types and rules, no AWS or HTTP types.
 
 pub mod access;
+pub mod breaker;
 pub mod conversation;
 mod history;
 pub mod idempotency;

@@ -1,4 +1,5 @@
-//! When to try a failed delivery again.
+//! When to try a failed delivery again, and when to stop: by the message's
+//! age, not by how often the queue handed it out.
 
 use std::time::Duration;
 
@@ -7,9 +8,13 @@ use std::time::Duration;
 pub struct RetryPolicy {
     pub base: Duration,
     pub cap: Duration,
-    /// Receives after which a retryable failure becomes final (the queue's
-    /// `maxReceiveCount`, so the message is marked failed before it would reach the DLQ).
+    /// The queue's `maxReceiveCount`: on this receive a record still to be
+    /// retried is handed over to a fresh queue message, so that only records that
+    /// can never be processed reach the dead-letter queue.
     pub max_receives: u32,
+    /// `MAX_DELIVERY_AGE_SECONDS`: retryable failures are retried until the
+    /// message is this old (Twilio keeps a message in its own queue 10 hours).
+    pub max_age: Duration,
 }
 
 /// SQS accepts visibility timeouts of at most 12 hours.
@@ -33,6 +38,24 @@ impl RetryPolicy {
     pub fn is_last_receive(&self, receive_count: u32) -> bool {
         receive_count >= self.max_receives
     }
+
+    /// Whether a message `age` old, to be retried after `delay`, is past its
+    /// time: the next attempt would come after `max_age`.
+    pub fn exhausted(&self, age: Duration, delay: Duration) -> bool {
+        age.saturating_add(delay) > self.max_age
+    }
+
+    /// How many hand-overs a record gets before it is let go to the
+    /// dead-letter queue: as many as `max_age` can hold at the shortest delay
+    /// (every receive waits at least `base`), and one more. A message still
+    /// being retried ends `failed` before that; a record that can never be
+    /// processed (its message unreadable, the store unreachable) does reach the
+    /// dead-letter queue and its alarm instead of circling forever.
+    pub fn max_hops(&self) -> u32 {
+        let hop = self.base.max(Duration::from_secs(1)) * self.max_receives.max(1);
+        let hops = self.max_age.as_secs_f64() / hop.as_secs_f64();
+        (hops.ceil() as u32).saturating_add(1)
+    }
 }
 
 #[cfg(test)]
@@ -44,6 +67,7 @@ mod tests {
             base: Duration::from_secs(2),
             cap: Duration::from_secs(60),
             max_receives: 5,
+            max_age: Duration::from_secs(3600),
         }
     }
 
@@ -77,6 +101,15 @@ mod tests {
             p.delay(1, Some(Duration::from_secs(100_000)), 1.0),
             MAX_DELAY
         );
+    }
+
+    #[test]
+    fn retries_end_by_age_and_records_by_hops() {
+        let p = policy();
+        assert!(!p.exhausted(Duration::from_secs(3000), Duration::from_secs(60)));
+        assert!(p.exhausted(Duration::from_secs(3590), Duration::from_secs(11)));
+        // 3600 s at 2 s per receive, 5 receives per queue message: 360 hops, and one more.
+        assert_eq!(p.max_hops(), 361);
     }
 
     #[test]

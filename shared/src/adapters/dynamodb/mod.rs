@@ -147,6 +147,29 @@ impl DynamoDbStore {
     }
 }
 
+/// An idempotency record's `state`: the first request is still running, or
+/// its message is queued. Records written before states existed have none and
+/// count as completed.
+const IN_PROGRESS: &str = "in_progress";
+const COMPLETED: &str = "completed";
+
+fn to_idempotency_record(item: &Item) -> Result<IdempotencyRecord, StoreError> {
+    let expires_at = match item.get("expires_at") {
+        Some(AttributeValue::N(n)) => n.parse::<i64>().ok(),
+        _ => None,
+    }
+    .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
+    .ok_or_else(|| StoreError::Corrupt("idempotency record without expires_at".into()))?;
+    Ok(IdempotencyRecord {
+        key: string_attribute(item, "key")?,
+        fingerprint: string_attribute(item, "fingerprint")?,
+        message_id: string_attribute(item, "message_id")?,
+        response: string_attribute(item, "response")?,
+        expires_at,
+        completed: !matches!(item.get("state"), Some(AttributeValue::S(state)) if state == IN_PROGRESS),
+    })
+}
+
 fn string_attribute(item: &Item, name: &str) -> Result<String, StoreError> {
     match item.get(name) {
         Some(AttributeValue::S(s)) => Ok(s.clone()),
@@ -222,6 +245,14 @@ impl MessageStore for DynamoDbStore {
             .item("message_id", s(&record.message_id))
             .item("response", s(&record.response))
             .item("expires_at", epoch(record.expires_at))
+            .item(
+                "state",
+                s(if record.completed {
+                    COMPLETED
+                } else {
+                    IN_PROGRESS
+                }),
+            )
             .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
             .expression_attribute_values(":now", epoch(now))
             .build()
@@ -231,23 +262,7 @@ impl MessageStore for DynamoDbStore {
                 guard,
                 Self::idempotency_key(&record.key),
                 message,
-                |item| async move {
-                    let expires_at = match item.get("expires_at") {
-                        Some(AttributeValue::N(n)) => n.parse::<i64>().ok(),
-                        _ => None,
-                    }
-                    .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
-                    .ok_or_else(|| {
-                        StoreError::Corrupt("idempotency record without expires_at".into())
-                    })?;
-                    Ok(IdempotencyRecord {
-                        key: string_attribute(&item, "key")?,
-                        fingerprint: string_attribute(&item, "fingerprint")?,
-                        message_id: string_attribute(&item, "message_id")?,
-                        response: string_attribute(&item, "response")?,
-                        expires_at,
-                    })
-                },
+                |item| async move { to_idempotency_record(&item) },
             )
             .await?;
         Ok(existing.map_or(OutboundInsert::Created, OutboundInsert::KeyUsed))
@@ -283,6 +298,34 @@ impl MessageStore for DynamoDbStore {
             || InboundInsert::Created(message.clone()),
             InboundInsert::Duplicate,
         ))
+    }
+
+    async fn complete_idempotency(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", Self::idempotency_key(key))
+            .update_expression("SET #state = :completed")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":completed", s(COMPLETED))
+            .send()
+            .await
+            .map_err(|e| match e.into_service_error() {
+                e if e.is_conditional_check_failed_exception() => {
+                    StoreError::Conflict(format!("no idempotency record {key}"))
+                }
+                e => unavailable(e),
+            })?;
+        Ok(())
+    }
+
+    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let Some(item) = self.get_item(Self::idempotency_key(key)).await? else {
+            return Ok(None);
+        };
+        let record = to_idempotency_record(&item)?;
+        Ok((record.expires_at > OffsetDateTime::now_utc()).then_some(record))
     }
 
     async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
