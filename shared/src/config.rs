@@ -256,6 +256,26 @@ impl Config {
             })?;
             Ok(value.trim_end_matches('/').to_owned())
         };
+        // The provider APIs get credentials with every call: https, except for
+        // a local stand-in (a loopback or private address).
+        let provider_url = |name: &'static str, default: &str| -> Result<String, ConfigError> {
+            let value = url(name, default)?;
+            let parsed = url::Url::parse(&value).map_err(|e| ConfigError::Invalid {
+                name,
+                reason: e.to_string(),
+            })?;
+            if parsed.scheme() == "https" || is_local_host(parsed.host()) {
+                Ok(value)
+            } else {
+                Err(ConfigError::Invalid {
+                    name,
+                    reason: format!(
+                        "{value:?}: provider APIs are called over https only (plain http only \
+                         for a local simulator on a loopback or private address)"
+                    ),
+                })
+            }
+        };
 
         let (credentials, credential_warning) = credential_source(&get)?;
         let optional_url = |name: &'static str| -> Result<Option<String>, ConfigError> {
@@ -272,11 +292,11 @@ impl Config {
             table_name: get("TABLE_NAME").ok_or(ConfigError::Missing("TABLE_NAME"))?,
             queue_url: get("QUEUE_URL"),
             twilio: TwilioConfig {
-                api_url: url("TWILIO_API_URL", DEFAULT_TWILIO_API_URL)?,
+                api_url: provider_url("TWILIO_API_URL", DEFAULT_TWILIO_API_URL)?,
                 status_callback_url,
             },
             sendgrid: SendGridConfig {
-                api_url: url("SENDGRID_API_URL", DEFAULT_SENDGRID_API_URL)?,
+                api_url: provider_url("SENDGRID_API_URL", DEFAULT_SENDGRID_API_URL)?,
                 subject: get("EMAIL_SUBJECT").unwrap_or_else(|| "New message".to_owned()),
             },
             credentials,
@@ -363,6 +383,16 @@ impl Config {
         self.queue_url
             .as_deref()
             .ok_or(ConfigError::Missing("QUEUE_URL"))
+    }
+}
+
+/// A loopback or private address, or `localhost`: where a local simulator runs.
+fn is_local_host(host: Option<url::Host<&str>>) -> bool {
+    match host {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_private(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -485,6 +515,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.delivery.retry.max_age, Duration::from_secs(120));
         assert_eq!(c.twilio.api_url, "http://127.0.0.1:4010");
+        for (url, ok) in [
+            ("http://api.twilio.com", false),
+            ("http://203.0.113.7:4010", false),
+            ("https://api.twilio.com", true),
+            ("http://localhost:4010", true),
+            ("http://172.17.0.1:4010", true),
+        ] {
+            let result = config(&[("TABLE_NAME", "t"), ("TWILIO_API_URL", url)]);
+            assert_eq!(result.is_ok(), ok, "{url}: {result:?}");
+        }
         assert_eq!(c.delivery.retry.base, Duration::from_millis(500));
         assert_eq!(c.delivery.retry.max_receives, 3);
         assert!(c.require_queue_url().is_ok());

@@ -1356,13 +1356,22 @@ mod tests {
         d.deliver(&routed(1)).await;
         d.deliver(&routed(1)).await;
         assert_eq!(d.provider.calls(), 2);
-        assert_eq!(capture.with_metric("CircuitOpened").len(), 1, "{:?}", capture.names());
+        assert_eq!(
+            capture.with_metric("CircuitOpened").len(),
+            1,
+            "{:?}",
+            capture.names()
+        );
 
         let outcome = d.deliver(&routed(1)).await;
 
         assert_eq!(outcome, RecordOutcome::Retry);
         assert_eq!(d.provider.calls(), 2, "no call while the circuit is open");
-        assert_eq!(d.store.claimed().len(), 2, "not claimed: no attempt counted");
+        assert_eq!(
+            d.store.claimed().len(),
+            2,
+            "not claimed: no attempt counted"
+        );
         let (_, wait) = d.queue.postponed().last().cloned().unwrap();
         assert!(
             (Duration::from_secs(29)..=Duration::from_secs(31)).contains(&wait),

@@ -158,6 +158,11 @@ async fn forged_twilio_webhooks_are_refused_and_store_nothing() {
         }
         let answer = api.send_raw(request).await;
         assert_eq!(answer.status, 403, "{what}: {}", answer.text);
+        assert!(
+            !answer.text.contains("http"),
+            "{what}: the 403 does not echo the URL it checked: {}",
+            answer.text
+        );
         assert_eq!(
             answer.json()["errors"][0]["field"],
             "X-Twilio-Signature",

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::process::LogSink;
 use crate::stack::{Emulator, Options, Ports, Stack};
@@ -208,23 +208,46 @@ fn test_options(logs: &Path) -> Result<Options> {
     })
 }
 
-/// `cargo xtask faults [--messages N]`: the long mode of the fault-injection suite.
+/// `cargo xtask faults [--messages N] [--outage SECONDS] [--no-breaker]`: the
+/// long mode of the fault-injection suite. `--outage` lengthens the outage phase
+/// (and the messages' age limit with it); `--no-breaker` turns the circuit
+/// breaker off, to compare what an outage costs in provider calls.
 async fn faults(args: &[String]) -> Result<()> {
-    let messages = match args {
-        [] => 1000,
-        [flag, n] if flag == "--messages" => n.parse()?,
-        _ => bail!("usage: cargo xtask faults [--messages N]"),
-    };
+    const USAGE: &str =
+        "usage: cargo xtask faults [--messages N] [--outage SECONDS] [--no-breaker]";
+    let (mut messages, mut outage, mut breaker) = (1000u32, None::<u64>, true);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--messages" => messages = rest.next().context(USAGE)?.parse()?,
+            "--outage" => outage = Some(rest.next().context(USAGE)?.parse()?),
+            "--no-breaker" => breaker = false,
+            _ => bail!(USAGE),
+        }
+    }
     let root = root();
     let tools = python::ensure(&root)?;
     python::run(&mut cargo(&["build", "--workspace", "--all-targets"]))?;
     let logs = root.join("target/xtask/logs");
-    let stack = start_test_stack(&root, &tools, &logs).await?;
-    let result = python::run(
-        fault_suite(has_nextest())
-            .env("FAULT_MESSAGES", messages.to_string())
-            .envs(stack.env.iter().map(|(k, v)| (k, v))),
-    );
+    let mut options = test_options(&logs)?;
+    if let Some(seconds) = outage {
+        options.function_env.push((
+            "MAX_DELIVERY_AGE_SECONDS".into(),
+            (2 * seconds + 60).to_string(),
+        ));
+    }
+    if !breaker {
+        options
+            .function_env
+            .push(("BREAKER_THRESHOLD".into(), "0".into()));
+    }
+    let stack = Stack::start(&root, &tools, options).await?;
+    let mut suite = fault_suite(has_nextest());
+    suite.env("FAULT_MESSAGES", messages.to_string());
+    if let Some(seconds) = outage {
+        suite.env("FAULT_OUTAGE_SECONDS", seconds.to_string());
+    }
+    let result = python::run(suite.envs(stack.env.iter().map(|(k, v)| (k, v))));
     stack.stop().await;
     result
 }

@@ -846,7 +846,80 @@ mod tests {
         );
     }
 
+    // ---- parameters and logs ---------------------------------------------------------
+
+    /// What the security review asked of the template: no TRACE (the runtime would
+    /// log raw events, Authorization headers included), provider URLs over https
+    /// only, and JSON access logs of the HTTP API that carry no header.
+    fn hardening_problems(doc: &Value) -> Vec<String> {
+        let mut problems = Vec::new();
+        let levels: Vec<&str> = doc["Parameters"]["LogLevel"]["AllowedValues"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if levels.is_empty() || levels.contains(&"TRACE") {
+            problems.push(format!(
+                "LogLevel must be limited and refuse TRACE: {levels:?}"
+            ));
+        }
+        for name in ["TwilioApiUrl", "SendGridApiUrl"] {
+            let parameter = &doc["Parameters"][name];
+            let pattern = parameter["AllowedPattern"].as_str().unwrap_or_default();
+            let default = parameter["Default"].as_str().unwrap_or_default();
+            if !pattern.starts_with("^https://") || !default.starts_with("https://") {
+                problems.push(format!("{name} must allow https URLs only: {pattern:?}"));
+            }
+        }
+        let settings = &properties(doc, "HttpApi")["AccessLogSettings"];
+        match get_att(&settings["DestinationArn"]) {
+            Some((group, _))
+                if kind(&doc["Resources"][group.as_str()]) == "AWS::Logs::LogGroup" => {}
+            other => problems.push(format!("HttpApi access logs go to no log group: {other:?}")),
+        }
+        let format = settings["Format"].as_str().unwrap_or_default();
+        match serde_json::from_str::<serde_json::Value>(format) {
+            Ok(fields) => {
+                for key in ["requestId", "routeKey", "status", "latencyMs"] {
+                    if fields.get(key).is_none() {
+                        problems.push(format!("HttpApi access logs lack {key}"));
+                    }
+                }
+                let lower = format.to_lowercase();
+                if lower.contains("header")
+                    || lower.contains("authorization")
+                    || lower.contains("apikey")
+                {
+                    problems.push("HttpApi access logs must not carry headers or keys".into());
+                }
+            }
+            Err(e) => problems.push(format!("HttpApi access log format is not JSON: {e}")),
+        }
+        problems
+    }
+
     // ---- the project's template -------------------------------------------------------
+
+    #[test]
+    fn parameters_and_logs_keep_secrets_out() {
+        assert_none(hardening_problems(&template()));
+        let mut doc = template();
+        *at(&mut doc, "Parameters.LogLevel.AllowedValues") = yaml("[TRACE, DEBUG, INFO]");
+        *at(&mut doc, "Parameters.TwilioApiUrl.AllowedPattern") = yaml("'^https?://.+$'");
+        *at(
+            &mut doc,
+            "Resources.HttpApi.Properties.AccessLogSettings.Format",
+        ) = yaml(
+            "'{\"requestId\":\"$context.requestId\",\"auth\":\"$request.header.Authorization\"}'",
+        );
+        let problems = hardening_problems(&doc);
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+        assert!(problems[0].starts_with("LogLevel"), "{problems:#?}");
+        assert!(problems[1].starts_with("TwilioApiUrl"), "{problems:#?}");
+        assert!(problems[2].ends_with("lack routeKey"), "{problems:#?}");
+        assert!(problems[5].contains("headers or keys"), "{problems:#?}");
+    }
 
     #[test]
     fn each_function_is_allowed_exactly_what_its_code_needs() {

@@ -16,8 +16,11 @@ use crate::ports::{Accepted, Provider, ProviderError, RetryReason};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The HTTP client shared by the provider adapters; build it once at cold start.
+/// The providers' HTTP client. It follows no redirect: a provider API answers
+/// where it is asked, and a redirect would carry our credentials elsewhere.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT.min(timeout))
         .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(60))
@@ -100,10 +103,40 @@ pub fn classify_transport(provider: &str, error: &reqwest::Error) -> ProviderErr
         ("request failed", RetryReason::Connection)
     };
     ProviderError::Retryable {
-        reason: format!("{provider} {what}: {error}"),
+        reason: redact_urls(&format!("{provider} {what}: {error}")),
         kind,
         retry_after: None,
     }
+}
+
+/// `text` with every URL cut to its scheme and host: a transport error names
+/// the request URL, and Twilio's holds the Account SID; errors are stored (and
+/// answered by the API as `last_error`) and logged.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = ["https://", "http://"]
+        .iter()
+        .filter_map(|scheme| rest.find(scheme).map(|i| (i, scheme.len())))
+        .min()
+    {
+        let (at, scheme_len) = start;
+        out.push_str(&rest[..at]);
+        let url = &rest[at..];
+        let end = url
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>'))
+            .unwrap_or(url.len());
+        let host_end = url[scheme_len..end]
+            .find('/')
+            .map_or(end, |i| scheme_len + i);
+        out.push_str(&url[..host_end]);
+        if host_end < end {
+            out.push_str("/…");
+        }
+        rest = &url[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date.
@@ -129,6 +162,65 @@ pub fn truncate(text: &str, max_chars: usize) -> String {
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    #[test]
+    fn urls_in_errors_keep_only_their_host() {
+        assert_eq!(
+            redact_urls(
+                "twilio connection failed: error sending request for url \
+                 (https://api.twilio.com/2010-04-01/Accounts/ACsecret/Messages.json)"
+            ),
+            "twilio connection failed: error sending request for url (https://api.twilio.com/…)"
+        );
+        assert_eq!(redact_urls("no url here"), "no url here");
+        assert_eq!(
+            redact_urls("http://127.0.0.1:4010 and http://x.io/a/b c"),
+            "http://127.0.0.1:4010 and http://x.io/… c"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_does_not_carry_the_account_sid() {
+        // Nothing listens on port 9 of the loopback address.
+        let client = http_client(Duration::from_secs(2)).unwrap();
+        let error = client
+            .post("http://127.0.0.1:9/2010-04-01/Accounts/ACsecret123/Messages.json")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("ACsecret123"), "{error}");
+        let ProviderError::Retryable { reason, .. } = classify_transport("twilio", &error) else {
+            panic!("not retryable");
+        };
+        assert!(!reason.contains("ACsecret123"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        // A server that redirects every request elsewhere.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:9/steal\r\n\
+                          Content-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+            }
+        });
+        let client = http_client(Duration::from_secs(2)).unwrap();
+        let response = client
+            .post(format!("http://{addr}/v3/mail/send"))
+            .send()
+            .await
+            .expect("the redirect itself is the answer");
+        assert_eq!(response.status(), 307);
+    }
 
     fn headers(retry: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
