@@ -10,9 +10,7 @@ use crate::compliance::{self, KeywordReplies};
 use crate::domain::OptOutScope;
 use crate::domain::access::Senders;
 use crate::domain::idempotency::{self, IdempotencyKey, fingerprint};
-use crate::domain::{
-    Direction, FieldError, Message, NewMessage, validate_inbound, validate_outbound,
-};
+use crate::domain::{Direction, FieldError, Message, validate_inbound, validate_outbound};
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
     ConversationLog, DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore, OutboundInsert,
@@ -269,7 +267,8 @@ where
     Q: DeliveryQueue,
 {
     let new = validate_inbound(payload).map_err(rejected)?;
-    store_inbound(store, keywords, new).await
+    let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
+    store_inbound(store, keywords, message).await
 }
 
 /// Stores a validated inbound message (from the API or a provider webhook) once
@@ -279,13 +278,12 @@ where
 pub async fn store_inbound<S, Q>(
     store: &S,
     keywords: &KeywordReplies<Q>,
-    new: NewMessage,
+    message: Message,
 ) -> Result<InboundInsert, AcceptError>
 where
     S: MessageStore + ConversationLog + SuppressionList,
     Q: DeliveryQueue,
 {
-    let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
     let insert = store.insert_inbound(&message).await?;
     if let InboundInsert::Created(m) = &insert {
         record_in_conversation(store, m).await;

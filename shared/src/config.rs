@@ -120,6 +120,10 @@ pub struct WebhookConfig {
     /// must send (configure its URL as `https://user:password@host/...`). Unset,
     /// every inbound parse post is refused.
     pub sendgrid_inbound_basic_auth: Option<String>,
+    /// `INBOUND_EMAIL_REQUIRE_AUTH` (default off): an inbound email whose sender
+    /// neither SPF nor DKIM vouched for is answered 200 and not stored, so a
+    /// forged From cannot land in a customer's thread.
+    pub inbound_email_require_auth: bool,
 }
 
 // The inbound parse password stays out of logs.
@@ -135,6 +139,10 @@ impl std::fmt::Debug for WebhookConfig {
                     .sendgrid_inbound_basic_auth
                     .as_ref()
                     .map(|_| "<redacted>"),
+            )
+            .field(
+                "inbound_email_require_auth",
+                &self.inbound_email_require_auth,
             )
             .finish()
     }
@@ -324,6 +332,19 @@ impl Config {
                 sendgrid_public_key: get("SENDGRID_WEBHOOK_PUBLIC_KEY"),
                 sendgrid_max_age: seconds("SENDGRID_WEBHOOK_MAX_AGE_SECONDS", 300)?,
                 sendgrid_inbound_basic_auth: get("SENDGRID_INBOUND_BASIC_AUTH"),
+                inbound_email_require_auth: match get("INBOUND_EMAIL_REQUIRE_AUTH")
+                    .map(|v| v.trim().to_ascii_lowercase())
+                    .as_deref()
+                {
+                    None | Some("false" | "0" | "no" | "off") => false,
+                    Some("true" | "1" | "yes" | "on") => true,
+                    Some(other) => {
+                        return Err(ConfigError::Invalid {
+                            name: "INBOUND_EMAIL_REQUIRE_AUTH",
+                            reason: format!("expected true or false, got {other:?}"),
+                        });
+                    }
+                },
             },
             cursor_secret: get("CURSOR_SECRET"),
             access: AccessConfig {

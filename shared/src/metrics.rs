@@ -63,6 +63,9 @@ pub mod name {
     /// A provider report moved a message to `delivered` or `failed`
     /// (dimension `Provider`).
     pub const REPORTS_APPLIED: &str = "ReportsApplied";
+    /// An inbound email neither SPF nor DKIM vouched for, not stored
+    /// (`INBOUND_EMAIL_REQUIRE_AUTH`).
+    pub const INBOUND_EMAIL_UNVERIFIED: &str = "InboundEmailUnverified";
     /// A provider's circuit opened: calls to it pause (dimension `Provider`).
     pub const CIRCUIT_OPENED: &str = "CircuitOpened";
     /// A message was refused or failed because its recipient opted out.

@@ -67,6 +67,9 @@ pub struct MessageView {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     pub history: Vec<HistoryView>,
+    /// Inbound email only: whether SPF or DKIM vouched for the sender's domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_verified: Option<bool>,
 }
 
 /// One status change of a message, as the API returns it.
@@ -111,6 +114,7 @@ impl From<&Message> for MessageView {
             created_at: message.created_at,
             updated_at: message.updated_at,
             history: message.history.iter().map(HistoryView::from).collect(),
+            sender_verified: message.sender_verified,
         }
     }
 }

@@ -24,8 +24,8 @@ use crate::api::{AcceptError, store_inbound};
 use crate::compliance::{self, KeywordReplies};
 use crate::config::WebhookConfig;
 use crate::domain::{
-    FieldError, ProviderKind, ReportedOutcome, StatusReport, Suppression, SuppressionChannel,
-    SuppressionSource,
+    Direction, FieldError, Message, ProviderKind, ReportedOutcome, StatusReport, Suppression,
+    SuppressionChannel, SuppressionSource,
 };
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
@@ -117,6 +117,15 @@ pub struct RequestOrigin<'a> {
 /// [`Webhooks::sendgrid_inbound`] takes one, so the check happens exactly once.
 pub struct InboundParseCaller(());
 
+/// What became of an Inbound Parse post.
+#[derive(Debug)]
+pub enum InboundMailOutcome {
+    Stored(Box<InboundInsert>),
+    /// Neither SPF nor DKIM vouched for the sender, and
+    /// `INBOUND_EMAIL_REQUIRE_AUTH` is on: nothing stored.
+    Unverified,
+}
+
 /// Inbound Parse's basic-auth realm.
 pub const INBOUND_PARSE_REALM: &str = "sendgrid-inbound-parse";
 
@@ -130,6 +139,7 @@ pub struct Webhooks<S, Q> {
     sendgrid_key: Option<EventWebhookKey>,
     sendgrid_max_age: Duration,
     inbound_basic_auth: Option<String>,
+    inbound_email_require_auth: bool,
 }
 
 fn rejected(provider: ProviderKind, error: WebhookError) -> WebhookError {
@@ -167,6 +177,7 @@ where
             sendgrid_key,
             sendgrid_max_age: config.sendgrid_max_age,
             inbound_basic_auth: config.sendgrid_inbound_basic_auth.clone(),
+            inbound_email_require_auth: config.inbound_email_require_auth,
         })
     }
 
@@ -223,7 +234,8 @@ where
     ) -> Result<InboundInsert, WebhookError> {
         let params = self.verified_twilio_form(&post)?;
         let new = twilio_webhook::inbound_message(&params).map_err(WebhookError::Invalid)?;
-        Ok(store_inbound(&self.store, &self.keywords, new).await?)
+        let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
+        Ok(store_inbound(&self.store, &self.keywords, message).await?)
     }
 
     /// `POST /webhooks/twilio/status`: moves a sent message on.
@@ -270,11 +282,25 @@ where
         _caller: InboundParseCaller,
         content_type: &str,
         body: Vec<u8>,
-    ) -> Result<InboundInsert, WebhookError> {
-        let new = sendgrid_webhook::parse_inbound(content_type, body)
+    ) -> Result<InboundMailOutcome, WebhookError> {
+        let mail = sendgrid_webhook::parse_inbound(content_type, body)
             .await
             .map_err(WebhookError::Invalid)?;
-        Ok(store_inbound(&self.store, &self.keywords, new).await?)
+        if self.inbound_email_require_auth && !mail.sender_verified {
+            // Answered 200 all the same: SendGrid would only post it again.
+            info!(
+                from_domain = mail.message.from.rsplit('@').next().unwrap_or_default(),
+                "inbound email whose sender neither SPF nor DKIM vouched for; not stored"
+            );
+            metrics::emit(&[Metric::count(name::INBOUND_EMAIL_UNVERIFIED, 1)], &[]);
+            return Ok(InboundMailOutcome::Unverified);
+        }
+        let mut message =
+            Message::accept(mail.message, Direction::Inbound, OffsetDateTime::now_utc());
+        message.sender_verified = Some(mail.sender_verified);
+        Ok(InboundMailOutcome::Stored(Box::new(
+            store_inbound(&self.store, &self.keywords, message).await?,
+        )))
     }
 
     /// `POST /webhooks/sendgrid/events`: a signed Event Webhook batch.

@@ -457,3 +457,85 @@ async fn suppression_fixtures_get_4xx() {
     assert_eq!(response.status(), 404, "{}", json(&response));
     assert_eq!(error_fields(&json(&response)), vec!["address"]);
 }
+
+/// An Inbound Parse post from `from`, with SendGrid's `SPF` and `dkim` verdicts.
+fn inbound_parse(from: &str, body: &str, spf: &str, dkim: &str) -> lambda_http::Request {
+    let boundary = "xYzZY";
+    let parts = [
+        ("from", format!("Someone <{from}>")),
+        ("to", "support@usehatchapp.com".to_owned()),
+        ("subject", "Invoice".to_owned()),
+        ("text", body.to_owned()),
+        (
+            "headers",
+            format!("Message-ID: <{}@mail.example.com>\n", uuid::Uuid::new_v4()),
+        ),
+        ("SPF", spf.to_owned()),
+        ("dkim", dkim.to_owned()),
+        (
+            "envelope",
+            format!(r#"{{"to":["support@usehatchapp.com"],"from":"{from}"}}"#),
+        ),
+    ];
+    let mut multipart = String::new();
+    for (name, value) in parts {
+        multipart.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    multipart.push_str(&format!("--{boundary}--\r\n"));
+    let credentials = e2e_tests::env("SENDGRID_INBOUND_BASIC_AUTH");
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, credentials);
+    lambda_http::http::Request::builder()
+        .method("POST")
+        .uri("https://abc123.execute-api.us-east-1.amazonaws.com/webhooks/sendgrid/inbound")
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .header("authorization", format!("Basic {basic}"))
+        .body(lambda_http::Body::Binary(multipart.into_bytes()))
+        .unwrap()
+}
+
+/// `INBOUND_EMAIL_REQUIRE_AUTH`: a mail neither SPF nor DKIM vouched for is
+/// answered 200 (SendGrid must not post it again) and stored nowhere; one that
+/// DKIM vouched for is stored, marked `sender_verified`.
+#[tokio::test]
+async fn with_inbound_email_auth_required_a_forged_sender_is_not_stored() {
+    let mut startup = startup().await;
+    startup.config.webhooks.inbound_email_require_auth = true;
+    let router = http::webhooks_router(startup.webhooks().await.expect("webhooks set-up"));
+    let forged = e2e_tests::marker();
+    let response = invoke(
+        &router,
+        inbound_parse(
+            "ceo@bank.example",
+            &forged,
+            "fail",
+            "{@bank.example : fail}",
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), 200, "{}", json(&response));
+    assert_eq!(json(&response)["stored"], false);
+    assert_eq!(
+        e2e_tests::stored_with_marker(&forged).await,
+        0,
+        "stored nowhere"
+    );
+
+    let genuine = e2e_tests::marker();
+    let response = invoke(
+        &router,
+        inbound_parse(
+            "ceo@bank.example",
+            &genuine,
+            "softfail",
+            "{@bank.example : pass}",
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), 201, "{}", json(&response));
+    assert_eq!(json(&response)["sender_verified"], true);
+}

@@ -500,6 +500,10 @@ async fn sendgrid_inbound_parse_needs_its_credentials_and_stores_once() {
     assert_eq!(stored["from"], from.as_str());
     assert_eq!(stored["to"], "user@usehatchapp.com");
     assert_eq!(stored["body"], "Thanks, got it.");
+    assert_eq!(
+        stored["sender_verified"], false,
+        "the post carried no SPF or DKIM pass: recorded, and stored (INBOUND_EMAIL_REQUIRE_AUTH is off)"
+    );
     let second = post().await;
     assert_eq!(second.status, 200, "{}", second.text);
     assert_eq!(second.json()["id"], stored["id"]);

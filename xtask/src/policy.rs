@@ -174,6 +174,7 @@ mod tests {
         ("MessagesSuppressed", None),
         ("SuppressionsAdded", Some("Source")),
         ("CircuitOpened", Some("Provider")),
+        ("InboundEmailUnverified", None),
     ];
 
     type Grants = BTreeSet<(String, String)>;

@@ -211,7 +211,7 @@ pub fn parse_events(body: &[u8]) -> Result<Vec<StatusReport>, FieldError> {
 }
 
 /// The text fields of an Inbound Parse post that we read.
-const TEXT_FIELDS: [&str; 7] = [
+const TEXT_FIELDS: [&str; 10] = [
     "from",
     "to",
     "subject",
@@ -219,7 +219,59 @@ const TEXT_FIELDS: [&str; 7] = [
     "html",
     "headers",
     "attachment-info",
+    "SPF",
+    "dkim",
+    "envelope",
 ];
+
+/// An Inbound Parse post, read: the message, and whether its sender is
+/// authenticated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundMail {
+    pub message: NewMessage,
+    /// SPF passed for an envelope sender of the From address's domain, or a
+    /// DKIM signature of that domain passed (SendGrid's verdicts, as posted).
+    pub sender_verified: bool,
+}
+
+/// Whether `domain` and `from_domain` are the same or one is a subdomain of
+/// the other (relaxed alignment, as DMARC has it).
+fn aligned(domain: &str, from_domain: &str) -> bool {
+    let domain = domain.trim().trim_start_matches('@').to_ascii_lowercase();
+    // A bare top-level domain vouches for nobody.
+    domain.contains('.')
+        && (from_domain == domain
+            || from_domain.ends_with(&format!(".{domain}"))
+            || domain.ends_with(&format!(".{from_domain}")))
+}
+
+/// SendGrid's verdicts on the sender of a mail from `from` (an address):
+/// `SPF` (`pass`, `fail`, `softfail`, `neutral`, `none`) for the envelope
+/// sender in `envelope`, and `dkim` (`{@example.com : pass, @other.com : fail}`).
+pub fn sender_verified(from: &str, spf: &str, dkim: &str, envelope: &str) -> bool {
+    let Some((_, from_domain)) = from.rsplit_once('@') else {
+        return false;
+    };
+    let from_domain = from_domain.to_ascii_lowercase();
+    let envelope_from = serde_json::from_str::<Value>(envelope)
+        .ok()
+        .and_then(|e| e.get("from").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default();
+    let spf_ok = spf.trim().eq_ignore_ascii_case("pass")
+        && envelope_from
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| aligned(d, &from_domain));
+    let dkim_ok = dkim
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|entry| entry.split_once(':'))
+        .any(|(domain, verdict)| {
+            verdict.trim().eq_ignore_ascii_case("pass") && aligned(domain, &from_domain)
+        });
+    spf_ok || dkim_ok
+}
 
 /// Decodes a field in the charset SendGrid names for it (`charsets`): UTF-8 and
 /// ASCII as such, ISO-8859-1 byte for byte, anything else as lossy UTF-8.
@@ -341,7 +393,7 @@ async fn read_capped(mut field: multer::Field<'_>, cap: usize) -> Result<Vec<u8>
 pub async fn parse_inbound(
     content_type: &str,
     body: impl Into<Vec<u8>>,
-) -> Result<NewMessage, Vec<FieldError>> {
+) -> Result<InboundMail, Vec<FieldError>> {
     let boundary = multer::parse_boundary(content_type).map_err(|_| {
         vec![FieldError::new(
             "content-type",
@@ -439,14 +491,18 @@ pub async fn parse_inbound(
                     let hash = sha256_hex(&[&from, &to, &text("subject"), &text("text")]);
                     format!("sha256:{hash}")
                 });
-            Ok(NewMessage {
-                channel: Channel::Email,
-                from,
-                to,
-                body,
-                attachments: (!attachments.is_empty()).then_some(attachments),
-                timestamp: None,
-                messaging_provider_id: Some(message_id),
+            let verified = sender_verified(&from, &text("SPF"), &text("dkim"), &text("envelope"));
+            Ok(InboundMail {
+                message: NewMessage {
+                    channel: Channel::Email,
+                    from,
+                    to,
+                    body,
+                    attachments: (!attachments.is_empty()).then_some(attachments),
+                    timestamp: None,
+                    messaging_provider_id: Some(message_id),
+                },
+                sender_verified: verified,
             })
         }
         _ => Err(errors),
@@ -881,7 +937,10 @@ mod tests {
     #[tokio::test]
     async fn inbound_parse_posts_are_read() {
         let body = multipart(&inbound_parts());
-        let message = parse_inbound(&content_type(), body).await.expect("valid");
+        let message = parse_inbound(&content_type(), body)
+            .await
+            .expect("valid")
+            .message;
         assert_eq!(
             message,
             NewMessage {
@@ -912,11 +971,68 @@ mod tests {
         }
         let body = multipart(&parts);
         assert!(body.len() > 30 * 1024 * 1024);
-        let message = parse_inbound(&content_type(), body).await.expect("valid");
+        let message = parse_inbound(&content_type(), body)
+            .await
+            .expect("valid")
+            .message;
         assert_eq!(message.body.len(), MAX_INBOUND_FIELD_BYTES);
         let attachments = message.attachments.expect("names");
         assert_eq!(attachments.len(), MAX_INBOUND_ATTACHMENTS);
         assert_eq!(attachments[0], "file-1.bin");
+    }
+
+    #[tokio::test]
+    async fn inbound_parse_records_whether_spf_or_dkim_vouched_for_the_sender() {
+        let mail = parse_inbound(&content_type(), multipart(&inbound_parts()))
+            .await
+            .expect("valid");
+        assert!(mail.sender_verified, "DKIM passed for example.com");
+        let forged: Vec<_> = inbound_parts()
+            .into_iter()
+            .map(|(name, file, value)| match name {
+                "dkim" => (name, file, "{@example.com : fail}"),
+                "SPF" => (name, file, "softfail"),
+                _ => (name, file, value),
+            })
+            .collect();
+        let mail = parse_inbound(&content_type(), multipart(&forged))
+            .await
+            .expect("valid");
+        assert!(!mail.sender_verified, "neither check passed");
+    }
+
+    #[test]
+    fn a_verdict_counts_only_for_the_from_domain() {
+        let envelope = r#"{"to":["support@ourapp.example"],"from":"bounce@mail.example.com"}"#;
+        assert!(
+            sender_verified("jane@example.com", "pass", "", envelope),
+            "SPF, relaxed"
+        );
+        assert!(!sender_verified(
+            "jane@example.com",
+            "pass",
+            "",
+            r#"{"from":"x@evil.test"}"#
+        ));
+        assert!(sender_verified(
+            "jane@example.com",
+            "none",
+            "{@example.com : pass}",
+            "{}"
+        ));
+        assert!(!sender_verified(
+            "jane@example.com",
+            "fail",
+            "{@evil.test : pass, @example.com : fail}",
+            envelope
+        ));
+        assert!(!sender_verified("jane@example.com", "", "", ""));
+        assert!(!sender_verified(
+            "jane@example.com",
+            "pass",
+            "{@ample.com : pass}",
+            "{}"
+        ));
     }
 
     #[tokio::test]
@@ -929,7 +1045,8 @@ mod tests {
             .collect();
         let message = parse_inbound(&content_type(), multipart(&parts))
             .await
-            .expect("valid");
+            .expect("valid")
+            .message;
         assert_eq!(message.body, "<p>Hi there, see attached.</p>");
         assert_eq!(message.attachments, None);
         let id = message.messaging_provider_id.expect("id");
@@ -937,7 +1054,8 @@ mod tests {
         // The same mail gets the same id.
         let again = parse_inbound(&content_type(), multipart(&parts))
             .await
-            .expect("valid");
+            .expect("valid")
+            .message;
         assert_eq!(again.messaging_provider_id.as_deref(), Some(id.as_str()));
     }
 
@@ -957,7 +1075,10 @@ mod tests {
         );
         body.extend_from_slice(b"caf\xe9\r\n");
         body.extend_from_slice(&tail);
-        let message = parse_inbound(&content_type(), body).await.expect("valid");
+        let message = parse_inbound(&content_type(), body)
+            .await
+            .expect("valid")
+            .message;
         assert_eq!(message.body, "café");
     }
 

@@ -121,6 +121,9 @@ pub struct Message {
     /// the opt-out confirmation and the help text go even to a suppressed
     /// recipient.
     pub keyword_reply: Option<Keyword>,
+    /// On an inbound email from SendGrid's Inbound Parse: whether SPF or DKIM
+    /// vouched for its sender's domain. `None` elsewhere.
+    pub sender_verified: Option<bool>,
 }
 
 impl Message {
@@ -155,6 +158,7 @@ impl Message {
                 error: None,
             }],
             keyword_reply: None,
+            sender_verified: None,
         }
     }
 

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::adapters::{sendgrid_webhook, twilio_webhook};
 use crate::ports::{ConversationLog, DeliveryQueue, MessageStore, ReportStore, SuppressionList};
-use crate::webhooks::{RequestOrigin, TwilioPost, Webhooks};
+use crate::webhooks::{InboundMailOutcome, RequestOrigin, TwilioPost, Webhooks};
 
 use super::{
     ApiError, Function, LimitedBody, Operation, Routes, header_str, json_response,
@@ -127,10 +127,21 @@ where
         webhooks.check_inbound_credentials(header_str(&headers, header::AUTHORIZATION.as_str()))?;
     require_media_type(&headers, "multipart/form-data")?;
     let content_type = header_str(&headers, header::CONTENT_TYPE.as_str()).unwrap_or_default();
-    let insert = webhooks
-        .sendgrid_inbound(caller, content_type, body.to_vec())
-        .await?;
-    Ok(inserted_response(insert))
+    Ok(
+        match webhooks
+            .sendgrid_inbound(caller, content_type, body.to_vec())
+            .await?
+        {
+            InboundMailOutcome::Stored(insert) => inserted_response(*insert),
+            InboundMailOutcome::Unverified => json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "stored": false,
+                    "reason": "neither SPF nor DKIM vouched for the sender (INBOUND_EMAIL_REQUIRE_AUTH)"
+                }),
+            ),
+        },
+    )
 }
 
 /// `POST /webhooks/sendgrid/events`: 200 with what the batch did.

@@ -45,6 +45,8 @@ pub(super) struct MessageItem {
     /// `opt_out`, `opt_in` or `help` on our answer to an inbound keyword.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     keyword_reply: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sender_verified: Option<bool>,
 }
 
 /// One entry of a message item's `history` list.
@@ -87,6 +89,7 @@ impl From<&Message> for MessageItem {
                 })
                 .collect(),
             keyword_reply: message.keyword_reply.map(|k| k.as_str().to_owned()),
+            sender_verified: message.sender_verified,
         }
     }
 }
@@ -121,6 +124,7 @@ impl From<MessageItem> for Message {
                 })
                 .collect(),
             keyword_reply: item.keyword_reply.as_deref().and_then(Keyword::parse),
+            sender_verified: item.sender_verified,
         }
     }
 }
