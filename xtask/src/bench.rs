@@ -617,6 +617,8 @@ struct Env {
     /// The environment the functions get (the sink queue as QUEUE_URL).
     vars: Vec<(String, String)>,
     api_url: String,
+    /// The stack's API key (every scope), sent with every API request.
+    api_key: String,
     simulator_url: String,
     emulator_url: String,
     ddb: aws_sdk_dynamodb::Client,
@@ -642,6 +644,17 @@ impl Env {
                  functions were started with the wrong QUEUE_URL"
             );
         }
+        let api_key = stack
+            .env
+            .iter()
+            .find(|(name, _)| name == "MESSAGING_API_KEY")
+            .map(|(_, key)| key.clone())
+            .ok_or_else(|| anyhow!("the stack has no MESSAGING_API_KEY"))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {api_key}").parse()?,
+        );
         let mut vars = stack.env.clone();
         // `Command::envs` keeps the last value of a name: the sink queue wins.
         vars.push(("QUEUE_URL".into(), sink_url.to_owned()));
@@ -656,7 +669,10 @@ impl Env {
             emulator_url: stack.emulator_url.clone(),
             ddb,
             sqs,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()?,
+            api_key,
         })
     }
 
@@ -1134,15 +1150,20 @@ fn wrk_scripts(
     work: &Path,
 ) -> Result<Vec<(&'static str, String, PathBuf)>> {
     let api = &env.api_url;
+    // Every route measured takes the stack's API key.
+    let auth = format!(
+        "wrk.headers[\"Authorization\"] = {}\n",
+        lua_string(&format!("Bearer {}", env.api_key))
+    );
     let post = format!(
-        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = {}\n{WRK_DONE}",
+        "{auth}wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = {}\n{WRK_DONE}",
         lua_string(SMS)
     );
-    let get = WRK_DONE.to_owned();
+    let get = format!("{auth}{WRK_DONE}");
     // Inbound needs a new messaging_provider_id per request (else it is a duplicate).
     let run = std::process::id();
     let inbound = format!(
-        r#"wrk.method = "POST"
+        r#"{auth}wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local threads = 0
 function setup(thread)
@@ -1167,7 +1188,7 @@ end
         (
             "GET /messages/{id}",
             format!("{api}/messages/{read_id}"),
-            get,
+            get.clone(),
         ),
         (
             "POST /messages/inbound",
@@ -1176,11 +1197,7 @@ end
         ),
         // 404 before any storage call (the id is not a UUID): what the local API
         // plumbing (cargo lambda watch, Runtime API, lambda_http) costs by itself.
-        (
-            NO_IO_ROUTE,
-            format!("{api}/messages/not-a-message-id"),
-            WRK_DONE.to_owned(),
-        ),
+        (NO_IO_ROUTE, format!("{api}/messages/not-a-message-id"), get),
     ] {
         let name: String = route.chars().filter(char::is_ascii_alphanumeric).collect();
         let path = work.join(format!("{name}.lua"));
