@@ -38,6 +38,23 @@ pub async fn queue() -> SqsQueue {
     SqsQueue::new(aws_sdk_sqs::Client::new(&aws().await), env("QUEUE_URL"))
 }
 
+/// A new API key with `scopes`, stored as `cargo xtask keys create` stores it.
+pub async fn new_key(scopes: &[shared::domain::Scope]) -> String {
+    use shared::ports::ApiKeyAdmin as _;
+    let key = shared::domain::access::generate_key();
+    let record =
+        shared::domain::access::ApiKey::new(&key, "test key", scopes, OffsetDateTime::now_utc());
+    assert!(
+        store()
+            .await
+            .create_api_key(&shared::domain::access::key_hash(&key), &record)
+            .await
+            .unwrap(),
+        "a fresh key is new"
+    );
+    key
+}
+
 /// Inbound keyword handling with the default policy, replies on the stack's queue.
 pub async fn keyword_replies() -> shared::compliance::KeywordReplies<SqsQueue> {
     shared::compliance::KeywordReplies {

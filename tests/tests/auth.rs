@@ -5,36 +5,15 @@
 
 use std::time::Duration;
 
-use e2e_tests::{Api, marker, phone, private_queue, store, stored_with_marker};
+use e2e_tests::{Api, marker, new_key, phone, private_queue, store, stored_with_marker};
 use serde_json::{Value, json};
 use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::SqsQueue;
 use shared::domain::Scope;
-use shared::domain::access::{ApiKey, Senders, generate_key, key_hash, key_id};
+use shared::domain::access::{Senders, generate_key, key_hash};
 use shared::http::{self, Operation};
 use shared::ports::{ApiKeyAdmin, ApiKeyStore};
 use tower::ServiceExt;
-
-/// A new key with `scopes`, stored as `cargo xtask keys create` stores it.
-async fn new_key(scopes: &[Scope]) -> String {
-    let key = generate_key();
-    let record = ApiKey {
-        key_id: key_id(&key),
-        name: "auth test".into(),
-        scopes: scopes.to_vec(),
-        created_at: time::OffsetDateTime::now_utc(),
-        last_used_at: None,
-        revoked_at: None,
-    };
-    assert!(
-        store()
-            .await
-            .create_api_key(&key_hash(&key), &record)
-            .await
-            .unwrap()
-    );
-    key
-}
 
 fn sms(body: &str) -> Value {
     json!({"from": "+18045551234", "to": phone(), "type": "sms", "body": body})

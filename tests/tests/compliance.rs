@@ -6,13 +6,12 @@
 
 use std::time::Duration;
 
-use e2e_tests::{Api, Simulator, email, phone, queue, store, twilio_auth_token};
+use e2e_tests::{Api, Simulator, email, new_key, phone, queue, store, twilio_auth_token};
 use serde_json::{Value, json};
 use shared::api::{AcceptError, SendRules, accept_outbound};
-use shared::domain::access::{ApiKey, generate_key, key_hash, key_id};
 use shared::domain::suppression::{DEFAULT_HELP_REPLY, DEFAULT_OPT_OUT_REPLY};
 use shared::domain::{OptOutScope, Scope, Suppression, SuppressionChannel, SuppressionSource};
-use shared::ports::{ApiKeyAdmin, Lift, SuppressionList};
+use shared::ports::{Lift, SuppressionList};
 use time::OffsetDateTime;
 
 /// The number our tests' recipients write to, and another of ours.
@@ -353,21 +352,6 @@ async fn sendgrid_bounces_spam_reports_and_unsubscribes_suppress_the_address() {
     let fine = json!({"from": "news@usehatchapp.com", "to": addresses[5], "type": "email",
                       "body": "Hello"});
     assert_eq!(api.post_json("/messages/outbound", &fine).await.status, 202);
-}
-
-/// A new key with `scopes`, stored as `cargo xtask keys create` stores it.
-async fn new_key(scopes: &[Scope]) -> String {
-    let key = generate_key();
-    let record = ApiKey::new(&key, "compliance test", scopes, OffsetDateTime::now_utc());
-    assert!(
-        store()
-            .await
-            .create_api_key(&key_hash(&key), &record)
-            .await
-            .unwrap()
-    );
-    assert_eq!(record.key_id, key_id(&key));
-    key
 }
 
 #[tokio::test]
