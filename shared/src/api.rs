@@ -716,7 +716,8 @@ mod tests {
             ("stop", "SM1"),
             ("help", "SM2"),
             ("Start", "SM3"),
-            ("stop me", "SM4"),
+            ("help", "SM4"),
+            ("stop me", "SM5"),
         ] {
             accept_inbound(&store, &replies, &inbound(body, id, ours))
                 .await
@@ -727,8 +728,15 @@ mod tests {
             .into_iter()
             .map(|(_, k)| k)
             .collect();
-        assert_eq!(kinds.len(), 2, "no OPT_IN_REPLY by default; {kinds:?}");
+        assert_eq!(
+            kinds.len(),
+            2,
+            "no OPT_IN_REPLY by default, no answer to HELP while opted out; {kinds:?}"
+        );
         assert!(kinds.contains(&Some(Keyword::OptOut)));
-        assert!(kinds.contains(&Some(Keyword::Help)));
+        assert!(
+            kinds.contains(&Some(Keyword::Help)),
+            "HELP after START is answered"
+        );
     }
 }

@@ -119,7 +119,17 @@ where
             }
             true
         }
-        Keyword::Help => true,
+        // Only the opt-out confirmation goes to a number that opted out: a
+        // HELP from one is stored and not answered.
+        Keyword::Help => blocking_suppression(
+            store,
+            policy.scope,
+            inbound.channel,
+            inbound.to.trim(),
+            &inbound.from,
+        )
+        .await?
+        .is_none(),
     };
     if let Some(text) = policy.reply(keyword).filter(|_| reply) {
         let message = Message::keyword_reply(inbound, keyword, text, now);

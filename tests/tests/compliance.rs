@@ -132,6 +132,8 @@ async fn stop_via_twilio_silences_that_number_only_and_is_confirmed_exactly_once
     // Twilio retries the same post; then the recipient sends STOP again.
     text_via_twilio(&api, &recipient, OUR_NUMBER, " Stop ", &stop).await;
     text_via_twilio(&api, &recipient, OUR_NUMBER, "STOP", &sid()).await;
+    // Only the confirmation goes to a number that opted out: HELP is not answered.
+    text_via_twilio(&api, &recipient, OUR_NUMBER, "help", &sid()).await;
 
     let entries = suppressions_of(&api, &recipient).await;
     assert_eq!(entries.len(), 1, "{entries:?}");

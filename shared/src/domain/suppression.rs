@@ -188,10 +188,10 @@ impl Keyword {
             .find(|k| k.as_str() == s)
     }
 
-    /// Whether a reply to this keyword may go to a suppressed recipient: the
-    /// opt-out confirmation and the help text.
+    /// Whether a reply to this keyword may go to a suppressed recipient: only
+    /// the opt-out confirmation.
     pub const fn reply_passes_suppression(self) -> bool {
-        matches!(self, Self::OptOut | Self::Help)
+        matches!(self, Self::OptOut)
     }
 }
 
@@ -505,6 +505,7 @@ mod tests {
         assert_eq!(policy.reply(Keyword::OptIn), None);
         assert!(Keyword::OptOut.reply_passes_suppression());
         assert!(!Keyword::OptIn.reply_passes_suppression());
+        assert!(!Keyword::Help.reply_passes_suppression());
         assert_eq!(OptOutScope::parse(" ALL "), Some(OptOutScope::All));
         assert_eq!(OptOutScope::parse("everyone"), None);
     }
