@@ -179,17 +179,24 @@ pub fn delivery_records(event: &SqsEvent) -> Vec<DeliveryRecord> {
     event
         .records
         .iter()
-        .map(|r| DeliveryRecord {
-            queue_message_id: r.message_id.clone().unwrap_or_default(),
-            receipt_handle: r.receipt_handle.clone().unwrap_or_default(),
-            message_id: queued(r).map(|q| q.message_id),
-            hop: queued(r).map_or(0, |q| q.hop),
-            routing: queued(r).map(|q| q.routing).unwrap_or_default(),
-            receive_count: r
-                .attributes
-                .get("ApproximateReceiveCount")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(1),
+        .map(|r| {
+            // The body is read once; an unreadable one keeps its reason.
+            let (message_id, hop, routing) = match queued(r) {
+                Ok(q) => (Ok(q.message_id), q.hop, q.routing),
+                Err(reason) => (Err(reason), 0, Routing::default()),
+            };
+            DeliveryRecord {
+                queue_message_id: r.message_id.clone().unwrap_or_default(),
+                receipt_handle: r.receipt_handle.clone().unwrap_or_default(),
+                message_id,
+                hop,
+                routing,
+                receive_count: r
+                    .attributes
+                    .get("ApproximateReceiveCount")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1),
+            }
         })
         .collect()
 }
