@@ -174,6 +174,7 @@ pub fn run() {
                         expires_at: now + Duration::from_secs(60),
                     };
                     let sent = Completion::Sent {
+                        provider: shared::domain::ProviderKind::Twilio,
                         provider_message_id: Some("SM-bench".to_owned()),
                     };
                     matches!(s.claim(&ids[i], &lease, now).await, Ok(Claim::Claimed(_)))

@@ -10,7 +10,9 @@ use crate::compliance::{self, KeywordReplies};
 use crate::domain::OptOutScope;
 use crate::domain::access::Senders;
 use crate::domain::idempotency::{self, IdempotencyKey, fingerprint};
-use crate::domain::{Direction, FieldError, Message, validate_inbound, validate_outbound};
+use crate::domain::{
+    Direction, FieldError, InboundSource, Message, validate_inbound, validate_outbound,
+};
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
     ConversationLog, DeliveryQueue, IdempotencyRecord, InboundInsert, MessageStore, OutboundInsert,
@@ -268,23 +270,24 @@ where
 {
     let new = validate_inbound(payload).map_err(rejected)?;
     let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
-    store_inbound(store, keywords, message).await
+    store_inbound(store, keywords, InboundSource::Api, message).await
 }
 
 /// Stores a validated inbound message (from the API or a provider webhook) once
-/// per `messaging_provider_id`, counts it in its conversation and honours its
+/// per `messaging_provider_id` and source, counts it in its conversation and honours its
 /// keyword. The keyword is handled for a repeat too (idempotently), so a post
 /// retried after a failure half-way still gets its opt-out recorded.
 pub async fn store_inbound<S, Q>(
     store: &S,
     keywords: &KeywordReplies<Q>,
+    source: InboundSource,
     message: Message,
 ) -> Result<InboundInsert, AcceptError>
 where
     S: MessageStore + ConversationLog + SuppressionList,
     Q: DeliveryQueue,
 {
-    let insert = store.insert_inbound(&message).await?;
+    let insert = store.insert_inbound(source, &message).await?;
     if let InboundInsert::Created(m) = &insert {
         record_in_conversation(store, m).await;
     }
@@ -355,6 +358,8 @@ mod tests {
     struct MemoryStore {
         messages: Mutex<HashMap<String, Message>>,
         keys: Mutex<HashMap<String, IdempotencyRecord>>,
+        /// Inbound guards: (source, messaging_provider_id) -> message id.
+        inbound_guards: Mutex<HashMap<(InboundSource, String), String>>,
         /// Ids of the messages counted in their conversation, in order.
         in_conversations: Mutex<Vec<String>>,
         suppressions: MemorySuppressions,
@@ -392,15 +397,21 @@ mod tests {
             Ok(OutboundInsert::Created)
         }
 
-        async fn insert_inbound(&self, message: &Message) -> Result<InboundInsert, StoreError> {
+        async fn insert_inbound(
+            &self,
+            source: InboundSource,
+            message: &Message,
+        ) -> Result<InboundInsert, StoreError> {
             let mut messages = self.messages.lock().unwrap();
-            let duplicate = messages.values().find(|m| {
-                m.messaging_provider_id.is_some()
-                    && m.messaging_provider_id == message.messaging_provider_id
-            });
-            if let Some(first) = duplicate {
-                return Ok(InboundInsert::Duplicate(first.clone()));
+            let guard = (
+                source,
+                message.messaging_provider_id.clone().unwrap_or_default(),
+            );
+            let mut guards = self.inbound_guards.lock().unwrap();
+            if let Some(first) = guards.get(&guard) {
+                return Ok(InboundInsert::Duplicate(messages[first].clone()));
             }
+            guards.insert(guard, message.id.clone());
             messages.insert(message.id.clone(), message.clone());
             Ok(InboundInsert::Created(message.clone()))
         }

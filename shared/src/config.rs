@@ -12,6 +12,10 @@ pub const DEFAULT_SENDGRID_API_URL: &str = "https://api.sendgrid.com";
 /// Environment variables naming where the provider credentials are stored.
 pub const PROVIDER_SECRET_ID: &str = "PROVIDER_SECRET_ID";
 pub const PROVIDER_PARAMETER_PATH: &str = "PROVIDER_PARAMETER_PATH";
+/// The webhooks' secret: what they verify callers with.
+pub const WEBHOOK_SECRET_ID: &str = "WEBHOOK_SECRET_ID";
+/// The secret pagination cursors are signed with.
+pub const CURSOR_SECRET_ID: &str = "CURSOR_SECRET_ID";
 /// The provider credentials as environment variables: local development only.
 pub const ENV_CREDENTIALS: [&str; 3] = [
     "TWILIO_ACCOUNT_SID",
@@ -39,12 +43,17 @@ pub enum ConfigError {
     )]
     NoCredentials,
     /// `location` is e.g. `Secrets Manager secret "messaging/providers"`.
-    #[error("provider credentials: {location} has no {key:?}")]
+    #[error("credentials: {location} has no {key:?}")]
     MissingCredential { location: String, key: &'static str },
-    #[error("provider credentials: {location}: {reason}")]
+    #[error("credentials: {location}: {reason}")]
     InvalidCredential { location: String, reason: String },
-    #[error("provider credentials: reading {location} failed: {reason}")]
+    #[error("credentials: reading {location} failed: {reason}")]
     CredentialsUnavailable { location: String, reason: String },
+    #[error(
+        "no cursor key on Lambda: set CURSOR_SECRET_ID (a Secrets Manager secret; the \
+         template creates one); the development key would let anyone forge cursors"
+    )]
+    NoCursorKey,
 }
 
 /// Everything the functions read from their environment.
@@ -65,10 +74,9 @@ pub struct Config {
     pub credential_warning: Option<String>,
     pub delivery: DeliveryConfig,
     pub webhooks: WebhookConfig,
-    /// `CURSOR_SECRET`: the key pagination cursors are signed with. Every instance
-    /// of the read function must share it (the template generates one in Secrets
-    /// Manager). Unset, a fixed development key is used (see [`Self::cursor_key`]).
-    pub cursor_secret: Option<String>,
+    /// Where the key pagination cursors are signed with comes from. Every
+    /// instance of the functions that page must share it.
+    pub cursor_key: CursorKeySource,
     pub access: AccessConfig,
     /// Opt-outs: `OPT_OUT_SCOPE` (`sender`, default, or `all`), the keyword
     /// lists `OPT_OUT_KEYWORDS`, `OPT_IN_KEYWORDS`, `HELP_KEYWORDS`
@@ -90,6 +98,36 @@ pub struct AccessConfig {
 
 /// The key cursors are signed with when `CURSOR_SECRET` is unset (local stacks).
 pub const DEVELOPMENT_CURSOR_KEY: &[u8] = b"messaging-local-development-cursor-key";
+
+/// Where the cursor key comes from.
+#[derive(Clone, PartialEq)]
+pub enum CursorKeySource {
+    /// `CURSOR_SECRET_ID`: a Secrets Manager secret (name or ARN) whose
+    /// SecretString is the key, read once at start-up. What the template sets.
+    SecretsManager { secret_id: String },
+    /// `CURSOR_SECRET`: the key itself (local stacks; on Lambda it would be
+    /// readable by anyone allowed `lambda:GetFunctionConfiguration`).
+    Environment(String),
+    /// Neither set, off Lambda: the development key.
+    Development,
+    /// Neither set on Lambda: the function refuses to start.
+    Missing,
+}
+
+// The key stays out of logs.
+impl std::fmt::Debug for CursorKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SecretsManager { secret_id } => f
+                .debug_struct("SecretsManager")
+                .field("secret_id", secret_id)
+                .finish(),
+            Self::Environment(_) => f.write_str("Environment(<redacted>)"),
+            Self::Development => f.write_str("Development"),
+            Self::Missing => f.write_str("Missing"),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct TwilioConfig {
@@ -116,9 +154,16 @@ pub struct WebhookConfig {
     /// `SENDGRID_WEBHOOK_MAX_AGE_SECONDS` (default 300): older signed event posts
     /// are refused as replays.
     pub sendgrid_max_age: Duration,
-    /// `SENDGRID_INBOUND_BASIC_AUTH`: `user:password` SendGrid's Inbound Parse
-    /// must send (configure its URL as `https://user:password@host/...`). Unset,
-    /// every inbound parse post is refused.
+    /// `WEBHOOK_SECRET_ID`: a Secrets Manager secret (name or ARN) whose
+    /// SecretString is `{"twilio_auth_token", "sendgrid_inbound_basic_auth"}`:
+    /// what the webhooks verify callers with, and nothing that sends. Unset (local
+    /// development), `TWILIO_AUTH_TOKEN` and `SENDGRID_INBOUND_BASIC_AUTH` below.
+    pub secret_id: Option<String>,
+    /// `TWILIO_AUTH_TOKEN` (local development only): the token Twilio signs with.
+    pub twilio_auth_token: Option<String>,
+    /// `SENDGRID_INBOUND_BASIC_AUTH` (local development only): `user:password`
+    /// SendGrid's Inbound Parse must send (its URL is configured as
+    /// `https://user:password@host/...`). Unset, every inbound parse post is refused.
     pub sendgrid_inbound_basic_auth: Option<String>,
     /// `INBOUND_EMAIL_REQUIRE_AUTH` (default off): an inbound email whose sender
     /// neither SPF nor DKIM vouched for is answered 200 and not stored, so a
@@ -131,6 +176,11 @@ impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
             .field("public_base_url", &self.public_base_url)
+            .field("secret_id", &self.secret_id)
+            .field(
+                "twilio_auth_token",
+                &self.twilio_auth_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("sendgrid_public_key", &self.sendgrid_public_key)
             .field("sendgrid_max_age", &self.sendgrid_max_age)
             .field(
@@ -329,6 +379,8 @@ impl Config {
             },
             webhooks: WebhookConfig {
                 public_base_url,
+                secret_id: get(WEBHOOK_SECRET_ID).map(|id| id.trim().to_owned()),
+                twilio_auth_token: get("TWILIO_AUTH_TOKEN"),
                 sendgrid_public_key: get("SENDGRID_WEBHOOK_PUBLIC_KEY"),
                 sendgrid_max_age: seconds("SENDGRID_WEBHOOK_MAX_AGE_SECONDS", 300)?,
                 sendgrid_inbound_basic_auth: get("SENDGRID_INBOUND_BASIC_AUTH"),
@@ -346,7 +398,20 @@ impl Config {
                     }
                 },
             },
-            cursor_secret: get("CURSOR_SECRET"),
+            cursor_key: match (get(CURSOR_SECRET_ID), get("CURSOR_SECRET")) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::Conflict {
+                        first: CURSOR_SECRET_ID,
+                        second: "CURSOR_SECRET",
+                    });
+                }
+                (Some(id), None) => CursorKeySource::SecretsManager {
+                    secret_id: id.trim().to_owned(),
+                },
+                (None, Some(key)) => CursorKeySource::Environment(key),
+                (None, None) if on_lambda(&get) => CursorKeySource::Missing,
+                (None, None) => CursorKeySource::Development,
+            },
             access: AccessConfig {
                 key_cache: seconds("API_KEY_CACHE_SECONDS", 30)?,
                 allowed_senders: Senders::parse(&get("ALLOWED_SENDERS").unwrap_or_default())
@@ -380,31 +445,18 @@ impl Config {
         })
     }
 
-    /// The key pagination cursors are signed with: `CURSOR_SECRET`, else the
-    /// development key, which is fine locally but lets anyone who reads this
-    /// source forge cursors, hence the warning.
-    pub fn cursor_key(&self) -> &[u8] {
-        match &self.cursor_secret {
-            Some(secret) => secret.as_bytes(),
-            None => {
-                if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
-                    && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
-                {
-                    tracing::warn!(
-                        "CURSOR_SECRET is not set; signing cursors with the development key"
-                    );
-                }
-                DEVELOPMENT_CURSOR_KEY
-            }
-        }
-    }
-
     /// The queue URL, required by the functions that enqueue or reschedule.
     pub fn require_queue_url(&self) -> Result<&str, ConfigError> {
         self.queue_url
             .as_deref()
             .ok_or(ConfigError::Missing("QUEUE_URL"))
     }
+}
+
+/// Real Lambda, not a local runtime pointed at an emulator (`cargo lambda
+/// watch`, `sam local`, the emulator's own functions all set `AWS_ENDPOINT_URL`).
+fn on_lambda(get: &impl Fn(&str) -> Option<String>) -> bool {
+    get("AWS_LAMBDA_FUNCTION_NAME").is_some() && get("AWS_ENDPOINT_URL").is_none()
 }
 
 /// A loopback or private address, or `localhost`: where a local simulator runs.
@@ -460,10 +512,7 @@ fn credential_source(
             )
         }
         (None, None) => {
-            // Real Lambda, not a local runtime pointed at an emulator.
-            let on_lambda =
-                get("AWS_LAMBDA_FUNCTION_NAME").is_some() && get("AWS_ENDPOINT_URL").is_none();
-            let warning = on_lambda.then(|| {
+            let warning = on_lambda(get).then(|| {
                 format!(
                     "provider credentials come from environment variables ({}), which is \
                      meant for local development only; store them in Secrets Manager \
@@ -587,6 +636,49 @@ mod tests {
         let printed = format!("{c:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(printed.contains("<redacted>"), "{printed}");
+    }
+
+    #[test]
+    fn on_lambda_the_cursor_key_must_come_from_a_secret() {
+        let key = |vars: &[(&'static str, &'static str)]| config(&with(vars)).map(|c| c.cursor_key);
+        // Real Lambda without a key: the functions that page refuse to start.
+        assert_eq!(
+            key(&[("AWS_LAMBDA_FUNCTION_NAME", "read")]).unwrap(),
+            CursorKeySource::Missing
+        );
+        // A local runtime pointed at an emulator, or no Lambda at all: the development key.
+        assert_eq!(
+            key(&[
+                ("AWS_LAMBDA_FUNCTION_NAME", "read"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+            ])
+            .unwrap(),
+            CursorKeySource::Development
+        );
+        assert_eq!(key(&[]).unwrap(), CursorKeySource::Development);
+        assert_eq!(
+            key(&[
+                ("AWS_LAMBDA_FUNCTION_NAME", "read"),
+                (
+                    "CURSOR_SECRET_ID",
+                    "arn:aws:secretsmanager:us-east-1:1:secret:c-AbCdEf"
+                )
+            ])
+            .unwrap(),
+            CursorKeySource::SecretsManager {
+                secret_id: "arn:aws:secretsmanager:us-east-1:1:secret:c-AbCdEf".into()
+            }
+        );
+        assert_eq!(
+            key(&[("CURSOR_SECRET", "k")]).unwrap(),
+            CursorKeySource::Environment("k".into())
+        );
+        assert!(matches!(
+            key(&[("CURSOR_SECRET", "k"), ("CURSOR_SECRET_ID", "c")]),
+            Err(ConfigError::Conflict { .. })
+        ));
+        let printed = format!("{:?}", key(&[("CURSOR_SECRET", "s3cret")]).unwrap());
+        assert!(!printed.contains("s3cret"), "{printed}");
     }
 
     const ENV_CREDS: [(&str, &str); 3] = [

@@ -348,6 +348,7 @@ where
                 );
                 (
                     Completion::Sent {
+                        provider,
                         provider_message_id: accepted.provider_message_id,
                     },
                     None,
@@ -915,6 +916,7 @@ mod tests {
                 MSG_ID.to_owned(),
                 lease.id.clone(),
                 Completion::Sent {
+                    provider: crate::domain::ProviderKind::Twilio,
                     provider_message_id: Some("SM123".into())
                 }
             )]

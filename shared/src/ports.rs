@@ -7,7 +7,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::domain::{
-    Conversation, Message, ProviderKind, Suppression, SuppressionChannel, Transition,
+    Conversation, InboundSource, Message, ProviderKind, Suppression, SuppressionChannel, Transition,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,8 @@ pub enum Claim {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Completion {
     Sent {
+        /// Who accepted it: the provider id is unique only within its provider.
+        provider: ProviderKind,
         provider_message_id: Option<String>,
     },
     Failed {
@@ -107,9 +109,11 @@ pub trait MessageStore: Send + Sync {
         idempotency: Option<&IdempotencyRecord>,
     ) -> impl Future<Output = Result<OutboundInsert, StoreError>> + Send;
 
-    /// Stores a new inbound message unless one with the same provider id exists.
+    /// Stores a new inbound message unless one with the same
+    /// `messaging_provider_id` from the same source exists.
     fn insert_inbound(
         &self,
+        source: InboundSource,
         message: &Message,
     ) -> impl Future<Output = Result<InboundInsert, StoreError>> + Send;
 

@@ -12,7 +12,9 @@ use crate::domain::access::Senders;
 
 use crate::adapters::dynamodb::DynamoDbStore;
 use crate::adapters::providers::{Providers, http_client};
-use crate::adapters::secrets::load_provider_credentials;
+use crate::adapters::secrets::{
+    load_cursor_key, load_provider_credentials, load_webhook_credentials,
+};
 use crate::adapters::sqs::SqsQueue;
 use crate::config::{Config, ConfigError};
 use crate::cursor::CursorCodec;
@@ -111,21 +113,24 @@ impl Startup {
         senders
     }
 
-    /// The key pagination cursors are signed with.
-    pub fn cursor_codec(&self) -> CursorCodec {
-        CursorCodec::new(self.config.cursor_key())
+    /// The key pagination cursors are signed with, read once (from Secrets
+    /// Manager on Lambda; a function that pages refuses to start without it).
+    pub async fn cursor_codec(&self) -> Result<CursorCodec, ConfigError> {
+        Ok(CursorCodec::new(
+            &load_cursor_key(&self.config, &self.aws).await?,
+        ))
     }
 
-    /// The provider webhooks, with the Twilio auth token loaded once like the
-    /// delivery function's credentials.
+    /// The provider webhooks, with their verification credentials loaded once
+    /// from their own secret (not the delivery function's).
     pub async fn webhooks(
         &self,
     ) -> Result<Webhooks<DynamoDbStore, SqsQueue>, lambda_runtime::Error> {
-        let credentials = load_provider_credentials(&self.config, &self.aws).await?;
+        let credentials = load_webhook_credentials(&self.config, &self.aws).await?;
         Ok(Webhooks::new(
             self.message_store(),
             self.keyword_replies()?,
-            &credentials.twilio_auth_token,
+            &credentials,
             &self.config.webhooks,
         )?)
     }

@@ -18,14 +18,15 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+use crate::adapters::secrets::WebhookCredentials;
 use crate::adapters::sendgrid_webhook::{self, EventWebhookKey};
 use crate::adapters::twilio_webhook;
 use crate::api::{AcceptError, store_inbound};
 use crate::compliance::{self, KeywordReplies};
 use crate::config::WebhookConfig;
 use crate::domain::{
-    Direction, FieldError, Message, ProviderKind, ReportedOutcome, StatusReport, Suppression,
-    SuppressionChannel, SuppressionSource,
+    Direction, FieldError, InboundSource, Message, ProviderKind, ReportedOutcome, StatusReport,
+    Suppression, SuppressionChannel, SuppressionSource,
 };
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
@@ -160,7 +161,7 @@ where
     pub fn new(
         store: S,
         keywords: KeywordReplies<Q>,
-        twilio_auth_token: &str,
+        credentials: &WebhookCredentials,
         config: &WebhookConfig,
     ) -> Result<Self, String> {
         let sendgrid_key = config
@@ -172,11 +173,11 @@ where
         Ok(Self {
             store,
             keywords,
-            twilio_auth_token: twilio_auth_token.to_owned(),
+            twilio_auth_token: credentials.twilio_auth_token.clone(),
             public_base_url: config.public_base_url.clone(),
             sendgrid_key,
             sendgrid_max_age: config.sendgrid_max_age,
-            inbound_basic_auth: config.sendgrid_inbound_basic_auth.clone(),
+            inbound_basic_auth: credentials.sendgrid_inbound_basic_auth.clone(),
             inbound_email_require_auth: config.inbound_email_require_auth,
         })
     }
@@ -235,7 +236,7 @@ where
         let params = self.verified_twilio_form(&post)?;
         let new = twilio_webhook::inbound_message(&params).map_err(WebhookError::Invalid)?;
         let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
-        Ok(store_inbound(&self.store, &self.keywords, message).await?)
+        Ok(store_inbound(&self.store, &self.keywords, InboundSource::Twilio, message).await?)
     }
 
     /// `POST /webhooks/twilio/status`: moves a sent message on.
@@ -299,7 +300,13 @@ where
             Message::accept(mail.message, Direction::Inbound, OffsetDateTime::now_utc());
         message.sender_verified = Some(mail.sender_verified);
         Ok(InboundMailOutcome::Stored(Box::new(
-            store_inbound(&self.store, &self.keywords, message).await?,
+            store_inbound(
+                &self.store,
+                &self.keywords,
+                InboundSource::SendGrid,
+                message,
+            )
+            .await?,
         )))
     }
 

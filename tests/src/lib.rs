@@ -12,7 +12,7 @@ use shared::adapters::sqs::SqsQueue;
 use shared::adapters::{sendgrid_webhook, twilio_webhook};
 use shared::config::Config;
 use shared::delivery::Deliverer;
-use shared::domain::{Channel, Direction, Message, NewMessage};
+use shared::domain::{Channel, Direction, Message, NewMessage, ProviderKind};
 use shared::startup::Startup;
 use time::OffsetDateTime;
 
@@ -183,7 +183,7 @@ pub async fn claim_for_delivery(id: &str) -> shared::ports::Lease {
 
 /// Moves a `queued` message to `sent` as a delivery does (claim, then complete
 /// with the provider's id, which is indexed for status callbacks).
-pub async fn mark_sent(id: &str, provider_message_id: &str) {
+pub async fn mark_sent(id: &str, provider: ProviderKind, provider_message_id: &str) {
     use shared::ports::{Completion, DeliveryStore};
     let lease = claim_for_delivery(id).await;
     store()
@@ -192,6 +192,7 @@ pub async fn mark_sent(id: &str, provider_message_id: &str) {
             id,
             &lease.id,
             &Completion::Sent {
+                provider,
                 provider_message_id: Some(provider_message_id.to_owned()),
             },
             OffsetDateTime::now_utc(),
@@ -201,9 +202,13 @@ pub async fn mark_sent(id: &str, provider_message_id: &str) {
 }
 
 /// The Twilio auth token the stack's webhooks check signatures with (the one
-/// the functions load from the provider secret).
+/// they load from their secret).
 pub async fn twilio_auth_token() -> String {
-    provider_credentials().await.twilio_auth_token
+    let config = Config::from_env().expect("configuration from the stack's environment");
+    shared::adapters::secrets::load_webhook_credentials(&config, &aws().await)
+        .await
+        .expect("webhook credentials")
+        .twilio_auth_token
 }
 
 /// An outbound message stored `queued` through the store itself (no queue message,
@@ -242,7 +247,7 @@ pub async fn sent_message(
     provider_message_id: &str,
 ) -> Message {
     let message = queued_message(channel, from, to).await;
-    mark_sent(&message.id, provider_message_id).await;
+    mark_sent(&message.id, channel.provider(), provider_message_id).await;
     message
 }
 

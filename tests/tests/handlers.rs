@@ -198,7 +198,7 @@ async fn read_fixture_for_an_unknown_id_is_404() {
     let startup = startup().await;
     let router = http::read_router(
         startup.message_store(),
-        startup.cursor_codec(),
+        startup.cursor_codec().await.expect("cursor key"),
         startup.authenticator(),
     );
     let response = invoke(&router, http_event("get-message-unknown.json")).await;
@@ -361,8 +361,9 @@ async fn twilio_inbound_fixture_is_stored_once_and_answered_with_twiml() {
 /// Stores a `sent` message under a fixed id, with the provider's id indexed for
 /// reports, as the delivery function leaves it (overwriting an earlier run's).
 async fn seed_sent(id: &str, payload: Value, provider_message_id: &str) {
+    let channel = shared::domain::Channel::parse(payload["type"].as_str().unwrap()).unwrap();
     seed(id, payload).await;
-    e2e_tests::mark_sent(id, provider_message_id).await;
+    e2e_tests::mark_sent(id, channel.provider(), provider_message_id).await;
 }
 
 #[tokio::test]
@@ -427,7 +428,7 @@ async fn conversation_fixtures_get_4xx() {
     let startup = startup().await;
     let router = http::read_router(
         startup.message_store(),
-        startup.cursor_codec(),
+        startup.cursor_codec().await.expect("cursor key"),
         startup.authenticator(),
     );
 
@@ -445,7 +446,7 @@ async fn suppression_fixtures_get_4xx() {
     let startup = startup().await;
     let router = http::suppressions_router(
         startup.message_store(),
-        startup.cursor_codec(),
+        startup.cursor_codec().await.expect("cursor key"),
         startup.authenticator(),
     );
 

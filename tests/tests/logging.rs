@@ -158,7 +158,7 @@ async fn api_keys_never_reach_the_logs() {
     );
     let read = shared::http::read_router(
         startup.message_store(),
-        startup.cursor_codec(),
+        startup.cursor_codec().await.expect("cursor key"),
         startup.authenticator(),
     );
 

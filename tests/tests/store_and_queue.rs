@@ -83,6 +83,134 @@ async fn concurrent_inbound_posts_store_one_message() {
     );
 }
 
+/// The `expires_at` (epoch seconds) of the raw item `pk`, if it exists.
+async fn item_expiry(pk: &str) -> Option<Option<i64>> {
+    let item = aws_sdk_dynamodb::Client::new(&aws().await)
+        .get_item()
+        .table_name(env("TABLE_NAME"))
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get item")
+        .item?;
+    Some(
+        item.get("expires_at")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok()),
+    )
+}
+
+fn inbound_message(provider_id: &str) -> Message {
+    let payload = json!({
+        "from": phone(), "to": "+18045551234", "type": "sms", "body": "namespaced",
+        "messaging_provider_id": provider_id,
+    });
+    let new = shared::domain::validate_inbound(payload.as_object().unwrap()).unwrap();
+    Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc())
+}
+
+/// A `messaging_provider_id` is unique within its source only: an API caller
+/// who picks a Twilio sid does not block (or read) the Twilio message, and a
+/// SendGrid id does not find a Twilio message. The guard and mapping items expire.
+#[tokio::test]
+async fn provider_ids_are_namespaced_by_source_and_expire() {
+    use shared::domain::{InboundSource, ProviderKind};
+    use shared::ports::ReportStore;
+    let store = store().await;
+    let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
+
+    let from_api = inbound_message(&sid);
+    let InboundInsert::Created(_) = store
+        .insert_inbound(InboundSource::Api, &from_api)
+        .await
+        .unwrap()
+    else {
+        panic!("the API's message is new");
+    };
+    let from_twilio = inbound_message(&sid);
+    let InboundInsert::Created(created) = store
+        .insert_inbound(InboundSource::Twilio, &from_twilio)
+        .await
+        .unwrap()
+    else {
+        panic!("the same id from Twilio is another message, not the API's");
+    };
+    assert_eq!(created.id, from_twilio.id);
+    let again = inbound_message(&sid);
+    let InboundInsert::Duplicate(first) = store
+        .insert_inbound(InboundSource::Twilio, &again)
+        .await
+        .unwrap()
+    else {
+        panic!("Twilio's retry is the same message");
+    };
+    assert_eq!(
+        first.id, from_twilio.id,
+        "Twilio's own message, not the API's"
+    );
+
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let day = 86_400;
+    for source in ["api", "twilio"] {
+        let expiry = item_expiry(&format!("INBOUND#{source}#{sid}")).await;
+        let expires = expiry
+            .flatten()
+            .unwrap_or_else(|| panic!("{source} guard with expires_at: {expiry:?}"));
+        assert!(
+            (now + 6 * day..=now + 8 * day).contains(&expires),
+            "{source}: 7 days, got {}",
+            expires - now
+        );
+    }
+    assert_eq!(
+        item_expiry(&format!("INBOUND#{sid}")).await,
+        None,
+        "no shared namespace"
+    );
+
+    // The provider's id of a sent message leads only that provider's reports to it.
+    let message = outbound_message();
+    store.insert_outbound(&message, None).await.unwrap();
+    let held = lease(time::Duration::seconds(60));
+    let claimed = store
+        .claim(&message.id, &held, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert!(matches!(claimed, Claim::Claimed(_)), "{claimed:?}");
+    let sent = Completion::Sent {
+        provider: ProviderKind::Twilio,
+        provider_message_id: Some(sid.clone()),
+    };
+    store
+        .complete(&message.id, &held.id, &sent, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_by_provider_id(ProviderKind::Twilio, &sid)
+            .await
+            .unwrap(),
+        Some(message.id.clone())
+    );
+    assert_eq!(
+        store
+            .find_by_provider_id(ProviderKind::SendGrid, &sid)
+            .await
+            .unwrap(),
+        None
+    );
+    let expires = item_expiry(&format!("PROVIDER#twilio#{sid}"))
+        .await
+        .flatten()
+        .expect("mapping with expires_at");
+    assert!(
+        (now + 29 * day..=now + 31 * day).contains(&expires),
+        "30 days, got {}",
+        expires - now
+    );
+}
+
 #[tokio::test]
 async fn a_lease_admits_one_delivery_at_a_time() {
     let store = store().await;
@@ -105,6 +233,7 @@ async fn a_lease_admits_one_delivery_at_a_time() {
 
     // Only the lease holder may record the outcome.
     let sent = Completion::Sent {
+        provider: shared::domain::ProviderKind::Twilio,
         provider_message_id: Some("SM123".into()),
     };
     assert!(matches!(

@@ -85,6 +85,51 @@ async fn a_signed_twilio_sms_is_stored_once_and_answered_with_empty_twiml() {
     assert_eq!(m["status"], "received");
 }
 
+/// An API caller who posts an inbound message under a Twilio sid first does
+/// not turn Twilio's real message away, nor get it handed back.
+#[tokio::test]
+async fn an_api_inbound_id_does_not_block_the_twilio_message_with_that_sid() {
+    let (api, token) = (Api::new(), twilio_auth_token().await);
+    let sid = sid();
+    let (squatter, sender) = (phone(), phone());
+    let planted = api
+        .post_json(
+            "/messages/inbound",
+            &json!({"from": squatter, "to": OUR_NUMBER, "type": "sms", "body": "planted",
+                    "messaging_provider_id": sid, "attachments": null,
+                    "timestamp": "2024-11-01T14:00:00Z"}),
+        )
+        .await;
+    assert_eq!(planted.status, 201, "{}", planted.json);
+    let params = [
+        ("MessageSid", sid.as_str()),
+        ("AccountSid", "ACtest"),
+        ("From", sender.as_str()),
+        ("To", OUR_NUMBER),
+        ("Body", "the real one"),
+        ("NumMedia", "0"),
+    ];
+    assert_twiml(
+        &api.post_twilio("/webhooks/twilio/messages", &params, Some(&token))
+            .await,
+    );
+    let thread = thread_of(&api, &sender).await;
+    assert_eq!(thread.len(), 1, "Twilio's message is stored: {thread:?}");
+    assert_eq!(thread[0]["body"], "the real one");
+    assert_ne!(thread[0]["id"], planted.json["id"]);
+    // And the other way round: the API's retry still finds the API's message.
+    let retried = api
+        .post_json(
+            "/messages/inbound",
+            &json!({"from": squatter, "to": OUR_NUMBER, "type": "sms", "body": "planted",
+                    "messaging_provider_id": sid, "attachments": null,
+                    "timestamp": "2024-11-01T14:00:00Z"}),
+        )
+        .await;
+    assert_eq!(retried.status, 200, "{}", retried.json);
+    assert_eq!(retried.json["id"], planted.json["id"]);
+}
+
 #[tokio::test]
 async fn twilio_mms_media_urls_become_attachments() {
     let (api, token) = (Api::new(), twilio_auth_token().await);
@@ -257,6 +302,7 @@ async fn a_status_callback_that_overtakes_the_sent_write_is_applied() {
     let now = OffsetDateTime::now_utc();
     let provider_sid = sid();
     let sent = Completion::Sent {
+        provider: shared::domain::ProviderKind::Twilio,
         provider_message_id: Some(provider_sid.clone()),
     };
     // Before any `sent` write the provider's id is unknown: the callback finds nothing.

@@ -268,7 +268,7 @@ pub async fn check(root: &Path, api_url: &str, env: &dyn Fn(&str) -> Option<Stri
 }
 
 /// The stack's webhook credentials, as the variables [`HOOKS`] reads: the Twilio
-/// auth token (of the provider secret the stack seeded, else `TWILIO_AUTH_TOKEN`),
+/// auth token (of the webhooks' secret the stack seeded, else `TWILIO_AUTH_TOKEN`),
 /// the Inbound Parse credentials, and provider-sim's development key for the
 /// SendGrid events when the stack verifies with it. Only those found.
 async fn webhook_credentials(env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
@@ -303,10 +303,10 @@ async fn webhook_credentials(env: &dyn Fn(&str) -> Option<String>) -> Vec<(Strin
     found
 }
 
-/// `twilio_auth_token` of the Secrets Manager secret `PROVIDER_SECRET_ID` on the
+/// `twilio_auth_token` of the Secrets Manager secret `WEBHOOK_SECRET_ID` on the
 /// stack's emulator.
 async fn twilio_token_from_secret(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
-    let secret_id = env("PROVIDER_SECRET_ID")?;
+    let secret_id = env("WEBHOOK_SECRET_ID")?;
     let endpoint = env("AWS_ENDPOINT_URL_SECRETSMANAGER").or_else(|| env("AWS_ENDPOINT_URL"))?;
     let config = crate::stack::aws_config(&endpoint).await;
     let answer = aws_sdk_secretsmanager::Client::new(&config)

@@ -26,11 +26,21 @@ mod tests {
     /// The parameter's pattern: Secrets Manager's name alphabet, so no IAM wildcard
     /// (`*`, `?`) can be passed into the ARN above at deploy time.
     const PROVIDER_SECRET_NAME_PATTERN: &str = "^[A-Za-z0-9/_+=.@-]{1,512}$";
-    /// Provider credentials as plain environment variables: local development only.
+    /// The webhooks' secret, named by the parameter `WebhookSecretName`, in the
+    /// same `-??????` spelling.
+    const WEBHOOK_SECRET: &str = "WebhookSecret";
+    const WEBHOOK_SECRET_ARN: &str = "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:\
+                                      ${AWS::AccountId}:secret:${WebhookSecretName}-??????";
+    /// The cursor key's secret, a template resource (`!Ref` gives its ARN).
+    const CURSOR_SECRET: &str = "CursorSecret";
+    /// Credentials and keys as plain environment variables: local development only
+    /// (anyone allowed lambda:GetFunctionConfiguration reads a function's variables).
     const ENV_CREDENTIALS: &[&str] = &[
         "TWILIO_ACCOUNT_SID",
         "TWILIO_AUTH_TOKEN",
         "SENDGRID_API_KEY",
+        "SENDGRID_INBOUND_BASIC_AUTH",
+        "CURSOR_SECRET",
     ];
 
     /// Every (action, logical id of the resource) pair a function may use.
@@ -72,6 +82,8 @@ mod tests {
                     "dynamodb:Query",
                     "!Sub ${MessagesTable.Arn}/index/suppression-list",
                 ),
+                // The key cursors are signed with.
+                ("secretsmanager:GetSecretValue", CURSOR_SECRET),
             ],
         ),
         (
@@ -89,6 +101,8 @@ mod tests {
                     "dynamodb:Query",
                     "!Sub ${MessagesTable.Arn}/index/participant-conversations",
                 ),
+                // The key cursors are signed with.
+                ("secretsmanager:GetSecretValue", CURSOR_SECRET),
             ],
         ),
         (
@@ -101,8 +115,9 @@ mod tests {
                 ("dynamodb:DeleteItem", TABLE),
                 // Keyword replies are queued for delivery.
                 ("sqs:SendMessage", QUEUE),
-                // The Twilio auth token that webhook signatures are checked with.
-                ("secretsmanager:GetSecretValue", PROVIDER_SECRET),
+                // The Twilio auth token that webhook signatures are checked with and
+                // the Inbound Parse credentials: not the provider secret.
+                ("secretsmanager:GetSecretValue", WEBHOOK_SECRET),
             ],
         ),
         (
@@ -112,6 +127,11 @@ mod tests {
                 ("dynamodb:UpdateItem", TABLE),
                 // The provider's message id, written with the sent status.
                 ("dynamodb:PutItem", TABLE),
+                // The event source mapping polls with the function's role: what
+                // AWSLambdaSQSQueueExecutionRole would grant, on this queue only.
+                ("sqs:ReceiveMessage", QUEUE),
+                ("sqs:DeleteMessage", QUEUE),
+                ("sqs:GetQueueAttributes", QUEUE),
                 // Retries are scheduled by changing the message's visibility.
                 ("sqs:ChangeMessageVisibility", QUEUE),
                 // On the last receive the queue allows, a message still to be retried
@@ -435,9 +455,18 @@ mod tests {
             return Ok(id);
         }
         match (intrinsic(resource), plain_str(resource)) {
+            (Some(("Ref", Value::String(id))), _)
+                if kind(&doc["Resources"][id.as_str()]) == "AWS::SecretsManager::Secret" =>
+            {
+                // A secret's Ref is its ARN.
+                Ok(id.clone())
+            }
             (Some(("Sub", Value::String(text))), _) => {
                 if text == PROVIDER_SECRET_ARN {
                     return Ok(PROVIDER_SECRET.to_owned());
+                }
+                if text == WEBHOOK_SECRET_ARN {
+                    return Ok(WEBHOOK_SECRET.to_owned());
                 }
                 if text.contains(['*', '?']) {
                     return Err(format!("wildcard resource !Sub {text:?}"));
@@ -565,6 +594,30 @@ mod tests {
                 parameter["AllowedPattern"]
             ));
         }
+        let webhook_secret = environment(doc, "WebhooksFunction", "WEBHOOK_SECRET_ID");
+        if !matches!(intrinsic(webhook_secret), Some(("Ref", Value::String(p))) if p == "WebhookSecretName")
+        {
+            problems.push(format!(
+                "WebhooksFunction: WEBHOOK_SECRET_ID is {webhook_secret:?}, expected \
+                 !Ref WebhookSecretName (the secret its policy allows reading)"
+            ));
+        }
+        if plain_str(&doc["Parameters"]["WebhookSecretName"]["AllowedPattern"])
+            != Some(PROVIDER_SECRET_NAME_PATTERN)
+        {
+            problems.push(format!(
+                "parameter WebhookSecretName: AllowedPattern is not {PROVIDER_SECRET_NAME_PATTERN:?}"
+            ));
+        }
+        for function in ["ReadFunction", "SuppressionsFunction"] {
+            let cursor = environment(doc, function, "CURSOR_SECRET_ID");
+            if !matches!(intrinsic(cursor), Some(("Ref", Value::String(id))) if id == CURSOR_SECRET)
+            {
+                problems.push(format!(
+                    "{function}: CURSOR_SECRET_ID is {cursor:?}, expected !Ref {CURSOR_SECRET}"
+                ));
+            }
+        }
         let mut scopes: Vec<(String, &Value)> = lambda_functions(doc)
             .into_iter()
             .map(|f| {
@@ -582,10 +635,19 @@ mod tests {
             for name in ENV_CREDENTIALS {
                 if !variables[*name].is_null() {
                     problems.push(format!(
-                        "{scope}: environment variable {name} is set; provider credentials \
-                         come from the secret {PROVIDER_SECRET_PARAMETER} names"
+                        "{scope}: environment variable {name} is set; credentials and keys \
+                         come from Secrets Manager at start-up"
                     ));
                 }
+            }
+            // A dynamic reference puts the secret's value into the function's
+            // configuration, where GetFunctionConfiguration shows it.
+            let text = serde_norway::to_string(variables).unwrap_or_default();
+            if text.contains("{{resolve:") {
+                problems.push(format!(
+                    "{scope}: an environment variable resolves a secret ({{{{resolve:…}}}}); \
+                     pass the secret's name and read it at start-up"
+                ));
             }
         }
         problems
@@ -608,10 +670,17 @@ mod tests {
                 }
                 text
             }
-            Some("SQS") => {
-                let queue = get_att(&props["Queue"])
+            // SAM's SQS event, or the event source mapping written out (which
+            // keeps SAM from attaching AWSLambdaSQSQueueExecutionRole).
+            Some(kind @ ("SQS" | "AWS::Lambda::EventSourceMapping")) => {
+                let arn = if kind == "SQS" {
+                    &props["Queue"]
+                } else {
+                    &props["EventSourceArn"]
+                };
+                let queue = get_att(arn)
                     .filter(|(_, attribute)| attribute == "Arn")
-                    .map_or_else(|| format!("{:?}", props["Queue"]), |(id, _)| id);
+                    .map_or_else(|| format!("{arn:?}"), |(id, _)| id);
                 let types = one_or_many(&props["FunctionResponseTypes"])
                     .unwrap_or_default()
                     .into_iter()
@@ -631,11 +700,18 @@ mod tests {
         let expected_functions: BTreeSet<&str> =
             expected_events.iter().map(|(id, _)| id.as_str()).collect();
         for function in functions.union(&expected_functions) {
+            let mappings = resources(doc).into_iter().filter(|(_, r)| {
+                kind(r) == "AWS::Lambda::EventSourceMapping"
+                    && matches!(intrinsic(&r["Properties"]["FunctionName"]),
+                                Some(("Ref", Value::String(f))) if f == function)
+            });
             let actual: BTreeSet<String> = properties(doc, function)["Events"]
                 .as_mapping()
                 .into_iter()
                 .flatten()
-                .map(|(_, event)| describe_event(event))
+                .map(|(_, event)| event)
+                .chain(mappings.map(|(_, mapping)| mapping))
+                .map(describe_event)
                 .collect();
             let expected: BTreeSet<String> = expected_events
                 .iter()
@@ -1311,6 +1387,53 @@ mod tests {
                 ) = yaml("!Ref TwilioAuthToken")
             },
             "DeliveryFunction: environment variable TWILIO_AUTH_TOKEN is set",
+        ),
+        (
+            "the cursor key resolved into the environment (as before the review)",
+            |d| {
+                *at(
+                    d,
+                    "Resources.ReadFunction.Properties.Environment.Variables.CURSOR_SECRET_ID",
+                ) = Value::Null;
+                *at(
+                    d,
+                    "Resources.ReadFunction.Properties.Environment.Variables.CURSOR_SECRET",
+                ) = yaml("!Sub \"{{resolve:secretsmanager:${CursorSecret}:SecretString}}\"")
+            },
+            "ReadFunction: environment variable CURSOR_SECRET is set",
+        ),
+        (
+            "a secret resolved into any variable",
+            |d| {
+                *at(
+                    d,
+                    "Resources.SuppressionsFunction.Properties.Environment.Variables.KEY",
+                ) = yaml("!Sub \"{{resolve:secretsmanager:${CursorSecret}:SecretString}}\"")
+            },
+            "SuppressionsFunction: an environment variable resolves a secret",
+        ),
+        (
+            "the Inbound Parse password in the environment (as before the review)",
+            |d| {
+                *at(
+                    d,
+                    "Resources.WebhooksFunction.Properties.Environment.Variables.SENDGRID_INBOUND_BASIC_AUTH",
+                ) = yaml("!Ref SendGridInboundBasicAuth")
+            },
+            "WebhooksFunction: environment variable SENDGRID_INBOUND_BASIC_AUTH is set",
+        ),
+        (
+            "the webhooks reading the provider secret (as before the review)",
+            |d| {
+                *at(
+                    d,
+                    "Resources.WebhooksFunction.Properties.Policies.0.Statement.2.Resource",
+                ) = yaml(
+                    "!Sub \"arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${ProviderSecretName}-??????\"",
+                )
+            },
+            "WebhooksFunction allows more than expected: secretsmanager:GetSecretValue on \
+             ProviderSecret",
         ),
         (
             "a credential in a global environment variable",

@@ -27,9 +27,8 @@
 //! emulator endpoints (`AWS_ENDPOINT_URL*`) and the test tuning are not declared.
 //! So the suite runs on `target/sam/template.local.yaml`, the built template with those
 //! names declared (empty) under `Globals`, and `env.json` gives their values.
-//! `env.json` also always sets `CURSOR_SECRET`: the template gives the read function
-//! a Secrets Manager dynamic reference (`{{resolve:secretsmanager:…}}`), which only
-//! CloudFormation resolves; `sam local` would hand the function that text as its key.
+//! `env.json` also always sets `CURSOR_SECRET_ID`: the template names the generated
+//! secret (`!Ref CursorSecret`), which `sam local` cannot resolve to the stack's.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -90,7 +89,6 @@ fn parameter_overrides() -> String {
 }
 const ALLOWED_SENDERS: &str = "ALLOWED_SENDERS";
 /// Set for every function in env.json (see [`prepare_local`]).
-const CURSOR_SECRET: &str = "CURSOR_SECRET";
 /// Stack variables the functions do not get: the SDK's credentials and region come
 /// from SAM (its own environment), the rest are for the test suites.
 const NOT_FOR_FUNCTIONS: [&str; 11] = [
@@ -949,11 +947,26 @@ async fn prepare_local(
             crate::stack::PROVIDER_SECRET.into(),
         );
     }
-    // The template's CURSOR_SECRET is a dynamic reference to the generated secret,
-    // which sam local passes on unresolved (the text "{{resolve:…}}" would become
-    // the key). The stack's key instead, or empty, which means the development key,
-    // as the functions use it under `cargo lambda watch`.
-    variables.entry(CURSOR_SECRET.to_owned()).or_default();
+    // And the webhooks theirs.
+    if !variables.contains_key(shared::config::WEBHOOK_SECRET_ID) {
+        let given = |name: &str| stack_env.get(name).cloned().unwrap_or_default();
+        crate::secrets::seed_webhook_secret(
+            &crate::stack::aws_config(&stack.emulator_url).await,
+            crate::stack::WEBHOOK_SECRET,
+            &given("TWILIO_AUTH_TOKEN"),
+            &given("SENDGRID_INBOUND_BASIC_AUTH"),
+        )
+        .await?;
+        variables.insert(
+            shared::config::WEBHOOK_SECRET_ID.into(),
+            crate::stack::WEBHOOK_SECRET.into(),
+        );
+    }
+    // The template's CURSOR_SECRET_ID is `!Ref CursorSecret`, which sam local
+    // cannot resolve to a secret: the stack's secret instead.
+    variables
+        .entry(shared::config::CURSOR_SECRET_ID.to_owned())
+        .or_insert_with(|| crate::stack::CURSOR_SECRET.to_owned());
     variables.entry(ALLOWED_SENDERS.to_owned()).or_default();
     let gateway = bridge_gateway()?;
     reach_from_containers(&mut variables, gateway, forwarders).await?;

@@ -1,6 +1,8 @@
-//! The provider credentials' secret on the local emulator, in the shape the
-//! delivery function reads (`shared::adapters::secrets`): a Secrets Manager secret
-//! whose SecretString is `{"twilio_account_sid", "twilio_auth_token", "sendgrid_api_key"}`.
+//! The stack's secrets on the local emulator, in the shapes the functions read
+//! (`shared::adapters::secrets`): the provider credentials
+//! `{"twilio_account_sid", "twilio_auth_token", "sendgrid_api_key"}`, the
+//! webhooks' `{"twilio_auth_token", "sendgrid_inbound_basic_auth"}` and the
+//! cursor key (a plain string).
 
 use anyhow::{Context, Result};
 use aws_sdk_secretsmanager::Client;
@@ -15,18 +17,37 @@ pub async fn seed_provider_secret(
     token: &str,
     key: &str,
 ) -> Result<()> {
-    let client = Client::new(aws);
     let value = serde_json::json!({
         "twilio_account_sid": sid,
         "twilio_auth_token": token,
         "sendgrid_api_key": key,
-    })
-    .to_string();
+    });
+    seed_secret(aws, name, &value.to_string()).await
+}
+
+/// Creates the webhooks' secret `name`, or gives the existing one these values.
+pub async fn seed_webhook_secret(
+    aws: &aws_config::SdkConfig,
+    name: &str,
+    twilio_auth_token: &str,
+    inbound_basic_auth: &str,
+) -> Result<()> {
+    let value = serde_json::json!({
+        "twilio_auth_token": twilio_auth_token,
+        "sendgrid_inbound_basic_auth": inbound_basic_auth,
+    });
+    seed_secret(aws, name, &value.to_string()).await
+}
+
+/// Creates the secret `name` with the SecretString `value`, or gives the
+/// existing one that value (idempotent).
+pub async fn seed_secret(aws: &aws_config::SdkConfig, name: &str, value: &str) -> Result<()> {
+    let client = Client::new(aws);
     let created = client
         .create_secret()
         .name(name)
-        .description("Provider credentials of the local messaging stack")
-        .secret_string(&value)
+        .description("A secret of the local messaging stack")
+        .secret_string(value)
         .send()
         .await;
     match created {
@@ -40,7 +61,7 @@ pub async fn seed_provider_secret(
             client
                 .put_secret_value()
                 .secret_id(name)
-                .secret_string(&value)
+                .secret_string(value)
                 .send()
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))

@@ -39,11 +39,14 @@ const TWILIO_TOKEN: &str = "test-token";
 const SENDGRID_KEY: &str = "SG.test-key";
 /// What the local stack's SendGrid Inbound Parse webhook requires (HTTP Basic).
 pub const SENDGRID_INBOUND_BASIC_AUTH: &str = "sendgrid:inbound-test-password";
-/// The local stack's pagination cursor key.
-const CURSOR_SECRET: &str = "local-cursor-secret";
+/// The local stack's pagination cursor key, and the secret holding it.
+const CURSOR_KEY: &str = "local-cursor-key-of-the-messaging-stack-0123456789";
+pub const CURSOR_SECRET: &str = "messaging/cursor-key";
 /// The Secrets Manager secret holding the provider credentials (the template's
 /// `ProviderSecretName` default).
 pub const PROVIDER_SECRET: &str = "messaging/providers";
+/// The webhooks' secret (the template's `WebhookSecretName` default).
+pub const WEBHOOK_SECRET: &str = "messaging/webhooks";
 /// Credential variables of the caller's shell that must not reach the functions
 /// when they read the secret (they would be ignored, with a warning).
 const CREDENTIAL_VARIABLES: [&str; 3] = [
@@ -634,18 +637,27 @@ impl Stack {
                 .ok_or_else(|| anyhow!("provider-sim did not say where it listens"))?;
             // The credentials reach the delivery function the way they do on AWS:
             // from a Secrets Manager secret (here, the emulator's).
+            let secrets = aws_config(&dynamodb.url).await;
             crate::secrets::seed_provider_secret(
-                &aws_config(&dynamodb.url).await,
+                &secrets,
                 PROVIDER_SECRET,
                 TWILIO_SID,
                 TWILIO_TOKEN,
                 SENDGRID_KEY,
             )
             .await?;
+            crate::secrets::seed_webhook_secret(
+                &secrets,
+                WEBHOOK_SECRET,
+                TWILIO_TOKEN,
+                SENDGRID_INBOUND_BASIC_AUTH,
+            )
+            .await?;
             for (name, value) in [
                 ("TWILIO_API_URL", url.as_str()),
                 ("SENDGRID_API_URL", url.as_str()),
                 ("PROVIDER_SECRET_ID", PROVIDER_SECRET),
+                ("WEBHOOK_SECRET_ID", WEBHOOK_SECRET),
                 (
                     "SENDGRID_WEBHOOK_PUBLIC_KEY",
                     provider_sim::DEV_SENDGRID_PUBLIC_KEY,
@@ -656,7 +668,10 @@ impl Stack {
             Some(url)
         };
         // The webhooks: the URL Twilio is asked to report to, the Inbound Parse
-        // credentials; and the cursor key.
+        // credentials (read from the webhooks' secret when the simulator runs;
+        // the tests send them); and the cursor key, from its secret as on AWS.
+        crate::secrets::seed_secret(&aws_config(&dynamodb.url).await, CURSOR_SECRET, CURSOR_KEY)
+            .await?;
         if provider_reports {
             env.push((
                 "TWILIO_STATUS_CALLBACK_URL".into(),
@@ -668,7 +683,7 @@ impl Stack {
                 "SENDGRID_INBOUND_BASIC_AUTH",
                 SENDGRID_INBOUND_BASIC_AUTH.to_owned(),
             ),
-            ("CURSOR_SECRET", CURSOR_SECRET.to_owned()),
+            ("CURSOR_SECRET_ID", CURSOR_SECRET.to_owned()),
         ] {
             env.push((name.into(), value));
         }

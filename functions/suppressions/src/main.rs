@@ -10,7 +10,7 @@ async fn main() -> Result<(), Error> {
     let startup = Startup::init().await?;
     let router = http::suppressions_router(
         startup.message_store(),
-        startup.cursor_codec(),
+        startup.cursor_codec().await?,
         startup.authenticator(),
     );
     lambda_http::run(router).await

@@ -1,6 +1,11 @@
-//! The provider credentials, read once at start-up from Secrets Manager
-//! (`PROVIDER_SECRET_ID`), SSM Parameter Store (`PROVIDER_PARAMETER_PATH`) or, for
-//! local development only, the environment.
+//! The secrets, read once at start-up, each function reading only its own:
+//! - the provider credentials (delivery) from Secrets Manager
+//!   (`PROVIDER_SECRET_ID`), SSM Parameter Store (`PROVIDER_PARAMETER_PATH`) or,
+//!   for local development only, the environment;
+//! - the webhooks' verification credentials from Secrets Manager
+//!   (`WEBHOOK_SECRET_ID`), or locally the environment;
+//! - the cursor key from Secrets Manager (`CURSOR_SECRET_ID`), or locally the
+//!   environment or the development key.
 //!
 //! Errors name the secret, path or variable and the missing key, never a value;
 //! `ProviderCredentials` has a redacting `Debug` and no `Display`.
@@ -13,7 +18,9 @@ use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::{Parameter, ParameterType};
 use serde_json::Value;
 
-use crate::config::{Config, ConfigError, CredentialSource, require};
+use crate::config::{
+    Config, ConfigError, CredentialSource, CursorKeySource, DEVELOPMENT_CURSOR_KEY, require,
+};
 
 /// The keys of the Secrets Manager secret's JSON SecretString.
 pub const SECRET_KEYS: [&str; 3] = [
@@ -46,6 +53,111 @@ impl std::fmt::Debug for ProviderCredentials {
             .field("twilio_auth_token", &"<redacted>")
             .field("sendgrid_api_key", &"<redacted>")
             .finish()
+    }
+}
+
+/// The keys of the webhooks' secret: the token Twilio signs webhooks with
+/// (required) and the Inbound Parse `user:password` (optional: without it,
+/// Inbound Parse posts are refused).
+pub const WEBHOOK_SECRET_KEYS: [&str; 2] = ["twilio_auth_token", "sendgrid_inbound_basic_auth"];
+
+/// What the webhooks verify their callers with, resolved.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookCredentials {
+    pub twilio_auth_token: String,
+    pub sendgrid_inbound_basic_auth: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookCredentials")
+            .field("twilio_auth_token", &"<redacted>")
+            .field(
+                "sendgrid_inbound_basic_auth",
+                &self
+                    .sendgrid_inbound_basic_auth
+                    .as_ref()
+                    .map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Reads the webhooks' credentials: the secret `WEBHOOK_SECRET_ID`, else (local
+/// development) `TWILIO_AUTH_TOKEN` and `SENDGRID_INBOUND_BASIC_AUTH`.
+pub async fn load_webhook_credentials(
+    config: &Config,
+    aws: &SdkConfig,
+) -> Result<WebhookCredentials, ConfigError> {
+    let webhooks = &config.webhooks;
+    let result = match &webhooks.secret_id {
+        Some(secret_id) => {
+            let client = aws_sdk_secretsmanager::Client::new(aws);
+            match secret_string(&client, secret_id, &WEBHOOK_SECRET_KEYS).await {
+                Ok((location, text)) => parse_webhook_secret(&location, &text),
+                Err(e) => Err(e),
+            }
+        }
+        None => Ok(WebhookCredentials {
+            twilio_auth_token: require(&webhooks.twilio_auth_token, "TWILIO_AUTH_TOKEN")?
+                .to_owned(),
+            sendgrid_inbound_basic_auth: webhooks.sendgrid_inbound_basic_auth.clone(),
+        }),
+    };
+    match (&result, &webhooks.secret_id) {
+        (Ok(_), Some(id)) => tracing::info!(secret = %id, "webhook credentials loaded"),
+        (Ok(_), None) => tracing::info!("webhook credentials from environment variables"),
+        (Err(error), _) => tracing::error!(%error, "webhook credentials could not be loaded"),
+    }
+    result
+}
+
+/// The webhooks' secret's JSON (see [`WEBHOOK_SECRET_KEYS`]).
+pub fn parse_webhook_secret(location: &str, text: &str) -> Result<WebhookCredentials, ConfigError> {
+    let map = json_object(location, text, &WEBHOOK_SECRET_KEYS)?;
+    let [token, basic_auth] = WEBHOOK_SECRET_KEYS;
+    let sendgrid_inbound_basic_auth = match map.get(basic_auth) {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(string_field(location, &map, basic_auth)?),
+    };
+    if sendgrid_inbound_basic_auth
+        .as_deref()
+        .is_some_and(|v| !v.contains(':'))
+    {
+        return Err(ConfigError::InvalidCredential {
+            location: location.to_owned(),
+            reason: format!("key {basic_auth:?} is not of the form user:password"),
+        });
+    }
+    Ok(WebhookCredentials {
+        twilio_auth_token: string_field(location, &map, token)?,
+        sendgrid_inbound_basic_auth,
+    })
+}
+
+/// The key pagination cursors are signed with: the secret `CURSOR_SECRET_ID`'s
+/// SecretString, `CURSOR_SECRET`, or off Lambda the development key. On Lambda
+/// with neither, an error: the function must not start.
+pub async fn load_cursor_key(config: &Config, aws: &SdkConfig) -> Result<Vec<u8>, ConfigError> {
+    match &config.cursor_key {
+        CursorKeySource::SecretsManager { secret_id } => {
+            let client = aws_sdk_secretsmanager::Client::new(aws);
+            let (location, text) = secret_string(&client, secret_id, &[]).await?;
+            if text.trim().len() < 32 {
+                return Err(ConfigError::InvalidCredential {
+                    location,
+                    reason: "the key is shorter than 32 characters".to_owned(),
+                });
+            }
+            tracing::info!(secret = %secret_id, "cursor key loaded");
+            Ok(text.trim().as_bytes().to_vec())
+        }
+        CursorKeySource::Environment(key) => Ok(key.as_bytes().to_vec()),
+        CursorKeySource::Development => Ok(DEVELOPMENT_CURSOR_KEY.to_vec()),
+        CursorKeySource::Missing => {
+            tracing::error!("{}", ConfigError::NoCursorKey);
+            Err(ConfigError::NoCursorKey)
+        }
     }
 }
 
@@ -94,6 +206,17 @@ pub async fn from_secret(
     client: &aws_sdk_secretsmanager::Client,
     secret_id: &str,
 ) -> Result<ProviderCredentials, ConfigError> {
+    let (location, text) = secret_string(client, secret_id, &SECRET_KEYS).await?;
+    parse_secret(&location, &text)
+}
+
+/// A secret's SecretString, with the secret's description for errors.
+/// `keys` (if any) are named when the secret holds no string.
+async fn secret_string(
+    client: &aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+    keys: &[&str],
+) -> Result<(String, String), ConfigError> {
     use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError as E;
     let location = format!("Secrets Manager secret {secret_id:?}");
     let output = client
@@ -119,21 +242,40 @@ pub async fn from_secret(
                 reason,
             }
         })?;
-    let Some(text) = output.secret_string() else {
-        return Err(ConfigError::InvalidCredential {
+    match output.secret_string() {
+        Some(text) => Ok((location, text.to_owned())),
+        None => Err(ConfigError::InvalidCredential {
             location,
-            reason: format!(
-                "it has no SecretString (a binary secret?); store a JSON object with the keys {}",
-                SECRET_KEYS.join(", ")
-            ),
-        });
-    };
-    parse_secret(&location, text)
+            reason: if keys.is_empty() {
+                "it has no SecretString (a binary secret?)".to_owned()
+            } else {
+                format!(
+                    "it has no SecretString (a binary secret?); store a JSON object with the keys {}",
+                    keys.join(", ")
+                )
+            },
+        }),
+    }
 }
 
 /// The secret's JSON. Error texts name keys and JSON types only: no part of the
 /// secret is ever quoted (serde's own messages can quote values, so they are not used).
 pub fn parse_secret(location: &str, text: &str) -> Result<ProviderCredentials, ConfigError> {
+    let map = json_object(location, text, &SECRET_KEYS)?;
+    let [sid, token, key] = SECRET_KEYS;
+    Ok(ProviderCredentials {
+        twilio_account_sid: string_field(location, &map, sid)?,
+        twilio_auth_token: string_field(location, &map, token)?,
+        sendgrid_api_key: string_field(location, &map, key)?,
+    })
+}
+
+/// A secret's SecretString as a JSON object; errors name the expected `keys`.
+fn json_object(
+    location: &str,
+    text: &str,
+    keys: &[&str],
+) -> Result<serde_json::Map<String, Value>, ConfigError> {
     let invalid = |reason: String| ConfigError::InvalidCredential {
         location: location.to_owned(),
         reason,
@@ -144,38 +286,43 @@ pub fn parse_secret(location: &str, text: &str) -> Result<ProviderCredentials, C
              keys {}",
             e.line(),
             e.column(),
-            SECRET_KEYS.join(", ")
+            keys.join(", ")
         ))
     })?;
-    let Value::Object(map) = value else {
-        return Err(invalid(format!(
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(invalid(format!(
             "SecretString is a JSON {}, expected an object with the keys {}",
-            json_kind(&value),
-            SECRET_KEYS.join(", ")
-        )));
+            json_kind(&other),
+            keys.join(", ")
+        ))),
+    }
+}
+
+/// The non-empty string under `key` (trimmed).
+fn string_field(
+    location: &str,
+    map: &serde_json::Map<String, Value>,
+    key: &'static str,
+) -> Result<String, ConfigError> {
+    let invalid = |reason: String| ConfigError::InvalidCredential {
+        location: location.to_owned(),
+        reason,
     };
-    let field = |key: &'static str| -> Result<String, ConfigError> {
-        match map.get(key) {
-            None | Some(Value::Null) => Err(ConfigError::MissingCredential {
-                location: location.to_owned(),
-                key,
-            }),
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                Err(invalid(format!("key {key:?} is empty")))
-            }
-            Some(Value::String(s)) => Ok(s.trim().to_owned()),
-            Some(other) => Err(invalid(format!(
-                "key {key:?} is a JSON {}, expected a string",
-                json_kind(other)
-            ))),
+    match map.get(key) {
+        None | Some(Value::Null) => Err(ConfigError::MissingCredential {
+            location: location.to_owned(),
+            key,
+        }),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(invalid(format!("key {key:?} is empty")))
         }
-    };
-    let [sid, token, key] = SECRET_KEYS;
-    Ok(ProviderCredentials {
-        twilio_account_sid: field(sid)?,
-        twilio_auth_token: field(token)?,
-        sendgrid_api_key: field(key)?,
-    })
+        Some(Value::String(s)) => Ok(s.trim().to_owned()),
+        Some(other) => Err(invalid(format!(
+            "key {key:?} is a JSON {}, expected a string",
+            json_kind(other)
+        ))),
+    }
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -356,6 +503,42 @@ mod tests {
                 twilio_auth_token: "tok3n".into(),
                 sendgrid_api_key: "SG.k3y".into(),
             }
+        );
+    }
+
+    #[test]
+    fn the_webhooks_secret_holds_what_they_verify_with_and_nothing_that_sends() {
+        let c = parse_webhook_secret(
+            LOCATION,
+            r#"{"twilio_auth_token": "tok3n", "sendgrid_inbound_basic_auth": "user:pa55"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.twilio_auth_token, "tok3n");
+        assert_eq!(c.sendgrid_inbound_basic_auth.as_deref(), Some("user:pa55"));
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("tok3n") && !printed.contains("pa55"),
+            "{printed}"
+        );
+        // Without Inbound Parse credentials, Inbound Parse is refused (not an error).
+        let c = parse_webhook_secret(LOCATION, r#"{"twilio_auth_token": "tok3n"}"#).unwrap();
+        assert_eq!(c.sendgrid_inbound_basic_auth, None);
+        assert_eq!(
+            parse_webhook_secret(LOCATION, r#"{"sendgrid_inbound_basic_auth": "u:p"}"#),
+            Err(ConfigError::MissingCredential {
+                location: LOCATION.into(),
+                key: "twilio_auth_token"
+            })
+        );
+        let error = parse_webhook_secret(
+            LOCATION,
+            r#"{"twilio_auth_token": "t", "sendgrid_inbound_basic_auth": "no-colon-s3cret"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("user:password") && !error.contains("s3cret"),
+            "{error}"
         );
     }
 

@@ -68,6 +68,30 @@ impl ProviderKind {
     }
 }
 
+/// Where an inbound message came from. A `messaging_provider_id` is unique
+/// only within its source: a Twilio `MessageSid`, an email's `Message-ID`
+/// (chosen by whoever sent the mail) and the id an API caller gives are
+/// different namespaces, and one source must not block or read another's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InboundSource {
+    /// `POST /messages/inbound`.
+    Api,
+    /// Twilio's incoming-message webhook.
+    Twilio,
+    /// SendGrid's Inbound Parse.
+    SendGrid,
+}
+
+impl InboundSource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Twilio => "twilio",
+            Self::SendGrid => "sendgrid",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {

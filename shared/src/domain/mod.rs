@@ -16,7 +16,9 @@ pub use access::Scope;
 pub use conversation::{Conversation, ConversationKey, LastMessage};
 pub use history::HistoryEntry;
 pub use idempotency::IdempotencyKey;
-pub use message::{Channel, Direction, Message, MessageId, NewMessage, ProviderKind};
+pub use message::{
+    Channel, Direction, InboundSource, Message, MessageId, NewMessage, ProviderKind,
+};
 pub use report::{OptOutSignal, ReportedOutcome, StatusReport};
 pub use retry::RetryPolicy;
 pub use status::{LeaseRule, Origin, Status, Transition};

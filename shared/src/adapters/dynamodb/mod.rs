@@ -3,14 +3,16 @@
 //! Items:
 //! - `MSG#<id>`: a message (`item::MessageItem`, plus `lease_id`/`lease_expires_at`
 //!   while a delivery attempt holds it);
-//! - `INBOUND#<messaging_provider_id>`: uniqueness guard of an inbound message,
-//!   written in the same transaction as the message;
+//! - `INBOUND#<source>#<messaging_provider_id>`: uniqueness guard of an inbound
+//!   message from that source (`api`, `twilio`, `sendgrid`), written in the same
+//!   transaction as the message; expires (TTL `expires_at`) after 7 days;
 //! - `IDEMPOTENCY#<key>`: an outbound request's idempotency key with the body's
 //!   fingerprint, the message id and the first response; expires (TTL
 //!   `expires_at`, epoch seconds) after 24 hours;
-//! - `PROVIDER#<provider message id>`: the message a provider knows by that id
-//!   (Twilio `SM…` sids and SendGrid `X-Message-Id`s), written just before the
-//!   `sent` status, so status callbacks find their message;
+//! - `PROVIDER#<provider>#<provider message id>`: the message a provider knows
+//!   by that id (Twilio `SM…` sids, SendGrid `X-Message-Id`s), written just
+//!   before the `sent` status, so status callbacks find their message; expires
+//!   (TTL `expires_at`) after 30 days;
 //! - `EVENT#<provider>#<event id>`: a provider event already handled (TTL 7 days);
 //! - conversations (see [`conversations`]): `CONV#<id>` and `CONVPART#<id>#<participant>`;
 //! - API keys (see [`keys`]): `APIKEY#<SHA-256 of the key>`;
@@ -38,7 +40,7 @@ use time::format_description::well_known::Rfc3339;
 use self::condition::{condition, target};
 use self::item::MessageItem;
 use crate::domain::conversation::sort_key;
-use crate::domain::{Message, Status, Transition};
+use crate::domain::{InboundSource, Message, ProviderKind, Status, Transition};
 use crate::ports::{
     Claim, Completion, DeliveryStore, IdempotencyRecord, InboundInsert, Lease, MessageStore,
     OutboundInsert, StoreError,
@@ -64,8 +66,8 @@ impl DynamoDbStore {
         AttributeValue::S(format!("MSG#{id}"))
     }
 
-    pub fn inbound_guard_key(provider_id: &str) -> AttributeValue {
-        AttributeValue::S(format!("INBOUND#{provider_id}"))
+    pub fn inbound_guard_key(source: InboundSource, provider_id: &str) -> AttributeValue {
+        AttributeValue::S(format!("INBOUND#{}#{provider_id}", source.as_str()))
     }
 
     /// The item a message is stored as.
@@ -93,8 +95,11 @@ impl DynamoDbStore {
         Ok(output.item)
     }
 
-    pub fn provider_key(provider_message_id: &str) -> AttributeValue {
-        AttributeValue::S(format!("PROVIDER#{provider_message_id}"))
+    pub fn provider_key(provider: ProviderKind, provider_message_id: &str) -> AttributeValue {
+        AttributeValue::S(format!(
+            "PROVIDER#{}#{provider_message_id}",
+            provider.as_str()
+        ))
     }
 
     pub fn idempotency_key(key: &str) -> AttributeValue {
@@ -146,6 +151,15 @@ impl DynamoDbStore {
         )))
     }
 }
+
+/// How long an inbound guard turns away a repeat of its message: well past
+/// the providers' own retries (SendGrid retries Inbound Parse for 3 days).
+pub const INBOUND_GUARD_RETENTION: time::Duration = time::Duration::days(7);
+
+/// How long a provider's message id leads its status reports to the message:
+/// past Twilio's 10-hour validity period and SendGrid's 72 hours of retries
+/// for deferred mail, with room for late events.
+pub const PROVIDER_ID_RETENTION: time::Duration = time::Duration::days(30);
 
 /// An idempotency record's `state`: the first request is still running, or
 /// its message is queued. Records written before states existed have none and
@@ -268,21 +282,29 @@ impl MessageStore for DynamoDbStore {
         Ok(existing.map_or(OutboundInsert::Created, OutboundInsert::KeyUsed))
     }
 
-    async fn insert_inbound(&self, message: &Message) -> Result<InboundInsert, StoreError> {
+    async fn insert_inbound(
+        &self,
+        source: InboundSource,
+        message: &Message,
+    ) -> Result<InboundInsert, StoreError> {
         let provider_id = message.messaging_provider_id.as_deref().ok_or_else(|| {
             StoreError::Corrupt("inbound message without messaging_provider_id".into())
         })?;
         let guard = Put::builder()
             .table_name(&self.table)
-            .item("pk", Self::inbound_guard_key(provider_id))
+            .item("pk", Self::inbound_guard_key(source, provider_id))
             .item("message_id", s(&message.id))
+            .item(
+                "expires_at",
+                epoch(message.created_at + INBOUND_GUARD_RETENTION),
+            )
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let existing = self
             .put_guarded(
                 guard,
-                Self::inbound_guard_key(provider_id),
+                Self::inbound_guard_key(source, provider_id),
                 message,
                 |guard| async move {
                     let id = string_attribute(&guard, "message_id")?;
@@ -484,6 +506,7 @@ impl DeliveryStore for DynamoDbStore {
         }
         update = match completion {
             Completion::Sent {
+                provider,
                 provider_message_id,
             } => {
                 // The provider's id for the message, so its status callbacks find it.
@@ -495,8 +518,9 @@ impl DeliveryStore for DynamoDbStore {
                     self.client
                         .put_item()
                         .table_name(&self.table)
-                        .item("pk", Self::provider_key(provider_id))
+                        .item("pk", Self::provider_key(*provider, provider_id))
                         .item("message_id", s(id))
+                        .item("expires_at", epoch(now + PROVIDER_ID_RETENTION))
                         .send()
                         .await
                         .map_err(unavailable)?;

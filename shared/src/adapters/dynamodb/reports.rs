@@ -25,10 +25,10 @@ impl DynamoDbStore {
 impl ReportStore for DynamoDbStore {
     async fn find_by_provider_id(
         &self,
-        _provider: ProviderKind,
+        provider: ProviderKind,
         provider_message_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        self.get_item(Self::provider_key(provider_message_id))
+        self.get_item(Self::provider_key(provider, provider_message_id))
             .await?
             .map(|item| string_attribute(&item, "message_id"))
             .transpose()
