@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use aws_sdk_ssm::types::ParameterType;
 use e2e_tests::aws;
-use shared::adapters::secrets::{ProviderCredentials, load_provider_credentials};
+use shared::adapters::secrets::{ProviderCredentials, TwilioLogin, load_provider_credentials};
 use shared::config::{Config, ConfigError};
 
 fn unique() -> String {
@@ -30,7 +30,7 @@ async fn load(vars: &[(&str, &str)]) -> Result<ProviderCredentials, ConfigError>
 fn expected(tag: &str) -> ProviderCredentials {
     ProviderCredentials {
         twilio_account_sid: format!("AC{tag}"),
-        twilio_auth_token: format!("token-{tag}"),
+        twilio_login: TwilioLogin::AuthToken(format!("token-{tag}")),
         sendgrid_api_key: format!("SG.{tag}"),
     }
 }
@@ -49,10 +49,17 @@ async fn create_secret(value: &str) -> (String, String) {
     (name, arn)
 }
 
+fn token(c: &ProviderCredentials) -> &str {
+    let TwilioLogin::AuthToken(token) = &c.twilio_login else {
+        panic!("these tests store auth tokens")
+    };
+    token
+}
+
 fn secret_json(c: &ProviderCredentials) -> String {
     serde_json::json!({
         "twilio_account_sid": c.twilio_account_sid,
-        "twilio_auth_token": c.twilio_auth_token,
+        "twilio_auth_token": token(c),
         "sendgrid_api_key": c.sendgrid_api_key,
     })
     .to_string()
@@ -83,7 +90,7 @@ async fn create_parameters(c: &ProviderCredentials) -> String {
     put_parameter(
         &format!("{path}/twilio-auth-token"),
         ParameterType::SecureString,
-        &c.twilio_auth_token,
+        token(c),
     )
     .await;
     put_parameter(
@@ -112,6 +119,32 @@ async fn credentials_are_read_from_a_secrets_manager_secret_by_name_or_arn() {
     assert_eq!(
         load(&[("PROVIDER_SECRET_ID", &arn)]).await.unwrap(),
         expected(&tag)
+    );
+}
+
+/// The recommended credential: a Twilio API key, and no auth token in the
+/// delivery function's secret at all.
+#[tokio::test]
+async fn a_secret_with_a_twilio_api_key_sends_as_that_key() {
+    let tag = unique();
+    let (name, _) = create_secret(
+        &serde_json::json!({
+            "twilio_account_sid": format!("AC{tag}"),
+            "twilio_api_key_sid": format!("SK{tag}"),
+            "twilio_api_key_secret": format!("secret-{tag}"),
+            "sendgrid_api_key": format!("SG.{tag}"),
+        })
+        .to_string(),
+    )
+    .await;
+    let loaded = load(&[("PROVIDER_SECRET_ID", &name)]).await.unwrap();
+    assert_eq!(loaded.twilio_account_sid, format!("AC{tag}"));
+    assert_eq!(
+        loaded.twilio_login,
+        TwilioLogin::ApiKey {
+            sid: format!("SK{tag}"),
+            secret: format!("secret-{tag}")
+        }
     );
 }
 

@@ -484,7 +484,8 @@ async fn test(args: &[String]) -> Result<()> {
     // The roles as SAM generates them: no managed policy SAM adds on its own.
     step(
         "IAM: no managed policies on the functions' roles",
-        Command::new(tools.exe("python"))
+        // SAM's venv: the script imports its translator.
+        Command::new(root.join(".local/sam-venv/bin/python"))
             .arg("xtask/src/managed_policies.py")
             .arg("template.yaml")
             .current_dir(&root),

@@ -1111,7 +1111,9 @@ mod tests {
                 *at(
                     d,
                     "Resources.DeliveryFunction.Properties.Policies.0.Statement.1.Action",
-                ) = yaml("[sqs:ChangeMessageVisibility]")
+                ) = yaml(
+                    "[sqs:ChangeMessageVisibility, sqs:ReceiveMessage, sqs:DeleteMessage, sqs:GetQueueAttributes]",
+                )
             },
             "DeliveryFunction lacks what its code needs: sqs:SendMessage on MessagesQueue",
         ),
@@ -1237,10 +1239,21 @@ mod tests {
             |d| {
                 *at(
                     d,
-                    "Resources.DeliveryFunction.Properties.Events.Queue.Properties.FunctionResponseTypes",
+                    "Resources.DeliveryQueueTrigger.Properties.FunctionResponseTypes",
                 ) = Value::Null
             },
             "DeliveryFunction is triggered by {\"SQS MessagesQueue FunctionResponseTypes=[]\"}",
+        ),
+        (
+            "a trigger the role cannot poll with (as SAM's managed policy would have allowed)",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Policies.0.Statement.1.Action",
+                ) = yaml("[sqs:ChangeMessageVisibility, sqs:SendMessage]")
+            },
+            "DeliveryFunction lacks what its code needs: sqs:DeleteMessage on MessagesQueue, \
+             sqs:GetQueueAttributes on MessagesQueue, sqs:ReceiveMessage on MessagesQueue",
         ),
         (
             "a redrive after a different receive",

@@ -48,7 +48,9 @@ impl Providers {
                 client.clone(),
                 &config.twilio.api_url,
                 &credentials.twilio_account_sid,
-                &credentials.twilio_auth_token,
+                credentials
+                    .twilio_login
+                    .basic_auth(&credentials.twilio_account_sid),
             )
             .with_status_callback(config.twilio.status_callback_url.clone()),
             sendgrid: SendGrid::new(

@@ -37,20 +37,48 @@ pub const PARAMETERS: [(&str, bool); 3] = [
     ("sendgrid-api-key", true),
 ];
 
-/// The three provider credentials, resolved.
+/// The secret's optional Twilio API key: an `SK…` sid and its secret, which
+/// Twilio recommends for sending over the account's auth token (it can be
+/// revoked on its own). With both keys the auth token may be left out.
+pub const SECRET_API_KEY: [&str; 2] = ["twilio_api_key_sid", "twilio_api_key_secret"];
+
+/// The provider credentials, resolved.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProviderCredentials {
     pub twilio_account_sid: String,
-    pub twilio_auth_token: String,
+    pub twilio_login: TwilioLogin,
     pub sendgrid_api_key: String,
 }
 
-// Secrets stay out of logs: the account SID (an identifier) is shown, the rest not.
+/// What the delivery function calls Twilio's API as (HTTP Basic).
+#[derive(Clone, PartialEq, Eq)]
+pub enum TwilioLogin {
+    /// The account SID and its auth token.
+    AuthToken(String),
+    /// An API key: its `SK…` sid and secret (the account SID stays in the URL).
+    ApiKey { sid: String, secret: String },
+}
+
+impl TwilioLogin {
+    /// HTTP Basic (user, password) for the account `account_sid`.
+    pub fn basic_auth<'a>(&'a self, account_sid: &'a str) -> (&'a str, &'a str) {
+        match self {
+            Self::AuthToken(token) => (account_sid, token),
+            Self::ApiKey { sid, secret } => (sid, secret),
+        }
+    }
+}
+
+// Secrets stay out of logs: the SIDs (identifiers) are shown, the rest not.
 impl std::fmt::Debug for ProviderCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let login = match &self.twilio_login {
+            TwilioLogin::AuthToken(_) => "auth token <redacted>".to_owned(),
+            TwilioLogin::ApiKey { sid, .. } => format!("API key {sid} <redacted>"),
+        };
         f.debug_struct("ProviderCredentials")
             .field("twilio_account_sid", &self.twilio_account_sid)
-            .field("twilio_auth_token", &"<redacted>")
+            .field("twilio_login", &login)
             .field("sendgrid_api_key", &"<redacted>")
             .finish()
     }
@@ -263,9 +291,26 @@ async fn secret_string(
 pub fn parse_secret(location: &str, text: &str) -> Result<ProviderCredentials, ConfigError> {
     let map = json_object(location, text, &SECRET_KEYS)?;
     let [sid, token, key] = SECRET_KEYS;
+    let [key_sid, key_secret] = SECRET_API_KEY;
+    let present = |k: &str| !matches!(map.get(k), None | Some(Value::Null));
+    let twilio_login = if present(key_sid) || present(key_secret) {
+        let api_key_sid = string_field(location, &map, key_sid)?;
+        if !api_key_sid.starts_with("SK") {
+            return Err(ConfigError::InvalidCredential {
+                location: location.to_owned(),
+                reason: format!("key {key_sid:?} is not an API key sid (SK…)"),
+            });
+        }
+        TwilioLogin::ApiKey {
+            sid: api_key_sid,
+            secret: string_field(location, &map, key_secret)?,
+        }
+    } else {
+        TwilioLogin::AuthToken(string_field(location, &map, token)?)
+    };
     Ok(ProviderCredentials {
         twilio_account_sid: string_field(location, &map, sid)?,
-        twilio_auth_token: string_field(location, &map, token)?,
+        twilio_login,
         sendgrid_api_key: string_field(location, &map, key)?,
     })
 }
@@ -404,7 +449,7 @@ pub fn parameters_to_credentials(
     let [sid, token, key] = PARAMETERS;
     Ok(ProviderCredentials {
         twilio_account_sid: field(sid)?,
-        twilio_auth_token: field(token)?,
+        twilio_login: TwilioLogin::AuthToken(field(token)?),
         sendgrid_api_key: field(key)?,
     })
 }
@@ -424,7 +469,9 @@ pub fn from_environment(source: &CredentialSource) -> Result<ProviderCredentials
     }
     Ok(ProviderCredentials {
         twilio_account_sid: require(twilio_account_sid, "TWILIO_ACCOUNT_SID")?.to_owned(),
-        twilio_auth_token: require(twilio_auth_token, "TWILIO_AUTH_TOKEN")?.to_owned(),
+        twilio_login: TwilioLogin::AuthToken(
+            require(twilio_auth_token, "TWILIO_AUTH_TOKEN")?.to_owned(),
+        ),
         sendgrid_api_key: require(sendgrid_api_key, "SENDGRID_API_KEY")?.to_owned(),
     })
 }
@@ -500,10 +547,50 @@ mod tests {
             c,
             ProviderCredentials {
                 twilio_account_sid: "ACx".into(),
-                twilio_auth_token: "tok3n".into(),
+                twilio_login: TwilioLogin::AuthToken("tok3n".into()),
                 sendgrid_api_key: "SG.k3y".into(),
             }
         );
+    }
+
+    #[test]
+    fn an_api_key_replaces_the_auth_token_for_sending() {
+        let c = secret(
+            r#"{"twilio_account_sid": "ACx", "twilio_api_key_sid": "SKk3y",
+                "twilio_api_key_secret": "s3cret", "sendgrid_api_key": "SG.k3y"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.twilio_login,
+            TwilioLogin::ApiKey {
+                sid: "SKk3y".into(),
+                secret: "s3cret".into()
+            }
+        );
+        assert_eq!(c.twilio_login.basic_auth("ACx"), ("SKk3y", "s3cret"));
+        let printed = format!("{c:?}");
+        assert!(
+            printed.contains("SKk3y") && !printed.contains("s3cret"),
+            "{printed}"
+        );
+        // Half a key is an error naming the missing half, not a fall-back to the token.
+        assert_eq!(
+            secret(
+                r#"{"twilio_account_sid": "ACx", "twilio_auth_token": "t",
+                    "twilio_api_key_sid": "SKk3y", "sendgrid_api_key": "SG.k3y"}"#
+            ),
+            Err(ConfigError::MissingCredential {
+                location: LOCATION.into(),
+                key: "twilio_api_key_secret"
+            })
+        );
+        let error = secret(
+            r#"{"twilio_account_sid": "ACx", "twilio_api_key_sid": "ACnot-a-key",
+                "twilio_api_key_secret": "s3cret", "sendgrid_api_key": "SG.k3y"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("SK") && !error.contains("s3cret"), "{error}");
     }
 
     #[test]
@@ -705,7 +792,7 @@ mod tests {
             environment(Some("ACx"), Some("t"), Some("SG.k")).unwrap(),
             ProviderCredentials {
                 twilio_account_sid: "ACx".into(),
-                twilio_auth_token: "t".into(),
+                twilio_login: TwilioLogin::AuthToken("t".into()),
                 sendgrid_api_key: "SG.k".into(),
             }
         );
@@ -744,7 +831,7 @@ mod tests {
     fn credentials_are_debug_printed_without_secrets() {
         let c = ProviderCredentials {
             twilio_account_sid: "ACx".into(),
-            twilio_auth_token: "s3cret-token".into(),
+            twilio_login: TwilioLogin::AuthToken("s3cret-token".into()),
             sendgrid_api_key: "SG.s3cret".into(),
         };
         let printed = format!("{c:?} {c:#?}");

@@ -16,8 +16,9 @@ const UNSUBSCRIBED_RECIPIENT: i64 = 21610;
 pub struct Twilio {
     client: reqwest::Client,
     endpoint: String,
-    account_sid: String,
-    auth_token: String,
+    /// HTTP Basic: the account SID and auth token, or an API key's sid and secret.
+    user: String,
+    password: String,
     /// Sent as `StatusCallback`: where Twilio reports delivery.
     status_callback: Option<String>,
 }
@@ -46,7 +47,7 @@ impl Twilio {
         client: reqwest::Client,
         api_url: &str,
         account_sid: &str,
-        auth_token: &str,
+        (user, password): (&str, &str),
     ) -> Self {
         Self {
             client,
@@ -54,8 +55,8 @@ impl Twilio {
                 "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
                 api_url.trim_end_matches('/')
             ),
-            account_sid: account_sid.to_owned(),
-            auth_token: auth_token.to_owned(),
+            user: user.to_owned(),
+            password: password.to_owned(),
             status_callback: None,
         }
     }
@@ -89,7 +90,7 @@ impl Twilio {
         }
         self.client
             .post(&self.endpoint)
-            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .basic_auth(&self.user, Some(&self.password))
             .form(&form)
     }
 
@@ -198,7 +199,7 @@ mod tests {
             reqwest::Client::new(),
             "http://127.0.0.1:4010/",
             "AC123",
-            "tok",
+            ("AC123", "tok"),
         );
         let request = twilio
             .request(&message(Channel::Sms, "hi there", None))
@@ -220,8 +221,28 @@ mod tests {
     }
 
     #[test]
+    fn an_api_key_authenticates_for_the_account_in_the_url() {
+        let twilio = Twilio::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:4010",
+            "AC123",
+            ("SK9", "sec"),
+        );
+        let request = twilio
+            .request(&message(Channel::Sms, "hi", None))
+            .build()
+            .unwrap();
+        assert_eq!(
+            request.url().as_str(),
+            "http://127.0.0.1:4010/2010-04-01/Accounts/AC123/Messages.json"
+        );
+        // base64("SK9:sec")
+        assert_eq!(request.headers()["authorization"], "Basic U0s5OnNlYw==");
+    }
+
+    #[test]
     fn a_configured_status_callback_is_sent_with_every_message() {
-        let twilio = Twilio::new(reqwest::Client::new(), "http://sim", "AC1", "t")
+        let twilio = Twilio::new(reqwest::Client::new(), "http://sim", "AC1", ("AC1", "t"))
             .with_status_callback(Some(
                 "https://api.example.com/webhooks/twilio/status".into(),
             ));
