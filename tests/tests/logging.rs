@@ -97,10 +97,11 @@ async fn delivery_logs_carry_ids_and_never_secrets_or_bodies() {
         serde_json::from_str::<serde_json::Value>(line)
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
     }
-    let token = credentials.twilio_auth_token.as_str();
+    let (user, token) = credentials
+        .twilio_login
+        .basic_auth(&credentials.twilio_account_sid);
     let key = credentials.sendgrid_api_key.as_str();
-    let basic = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{token}", credentials.twilio_account_sid));
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}"));
     for secret in [
         token,
         key,

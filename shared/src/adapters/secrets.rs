@@ -69,16 +69,26 @@ impl TwilioLogin {
     }
 }
 
+// Secrets stay out of logs: the API key's sid (an identifier) is shown, no secret.
+impl std::fmt::Debug for TwilioLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AuthToken(_) => f.write_str("AuthToken(<redacted>)"),
+            Self::ApiKey { sid, .. } => f
+                .debug_struct("ApiKey")
+                .field("sid", sid)
+                .field("secret", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
 // Secrets stay out of logs: the SIDs (identifiers) are shown, the rest not.
 impl std::fmt::Debug for ProviderCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let login = match &self.twilio_login {
-            TwilioLogin::AuthToken(_) => "auth token <redacted>".to_owned(),
-            TwilioLogin::ApiKey { sid, .. } => format!("API key {sid} <redacted>"),
-        };
         f.debug_struct("ProviderCredentials")
             .field("twilio_account_sid", &self.twilio_account_sid)
-            .field("twilio_login", &login)
+            .field("twilio_login", &self.twilio_login)
             .field("sendgrid_api_key", &"<redacted>")
             .finish()
     }
@@ -728,7 +738,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.twilio_account_sid, "ACx");
-        assert_eq!(c.twilio_auth_token, "tok3n");
+        assert_eq!(c.twilio_login, TwilioLogin::AuthToken("tok3n".into()));
         assert_eq!(c.sendgrid_api_key, "SG.k3y");
     }
 
