@@ -6,7 +6,7 @@
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::path::Path;
 
     use serde_norway::Value;
@@ -199,6 +199,120 @@ mod tests {
 
     type Grants = BTreeSet<(String, String)>;
 
+    /// The item actions on the table and the key prefixes each is limited to
+    /// (`dynamodb:LeadingKeys`); `*` where a statement allows any key.
+    type Keys = BTreeMap<String, BTreeSet<String>>;
+
+    /// The item actions on the table each function may use, and on which key
+    /// prefixes (README, "Stored ids"; the item types in
+    /// shared/src/adapters/dynamodb/mod.rs). The outbound function cannot touch
+    /// inbound guards or provider ids, the read function writes only a key's last
+    /// use, delivery cannot touch API keys.
+    const EXPECTED_KEYS: &[(&str, &[(&str, &[&str])])] = &[
+        (
+            "OutboundFunction",
+            &[
+                (
+                    "dynamodb:GetItem",
+                    &["APIKEY", "SUPPRESSION", "IDEMPOTENCY"],
+                ),
+                ("dynamodb:PutItem", &["MSG", "IDEMPOTENCY"]),
+                ("dynamodb:DeleteItem", &["MSG", "IDEMPOTENCY"]),
+                (
+                    "dynamodb:UpdateItem",
+                    &["APIKEY", "IDEMPOTENCY", "CONV", "CONVPART"],
+                ),
+            ],
+        ),
+        (
+            "InboundFunction",
+            &[
+                (
+                    "dynamodb:GetItem",
+                    &["APIKEY", "INBOUND", "MSG", "SUPPRESSION", "IDEMPOTENCY"],
+                ),
+                ("dynamodb:PutItem", &["INBOUND", "MSG", "IDEMPOTENCY"]),
+                (
+                    "dynamodb:UpdateItem",
+                    &["APIKEY", "CONV", "CONVPART", "SUPPRESSION", "IDEMPOTENCY"],
+                ),
+                (
+                    "dynamodb:DeleteItem",
+                    &["MSG", "IDEMPOTENCY", "SUPPRESSION"],
+                ),
+            ],
+        ),
+        (
+            "ReadFunction",
+            &[
+                ("dynamodb:GetItem", &["APIKEY", "MSG", "CONV"]),
+                ("dynamodb:UpdateItem", &["APIKEY"]),
+            ],
+        ),
+        (
+            "SuppressionsFunction",
+            &[
+                ("dynamodb:GetItem", &["APIKEY", "SUPPRESSION"]),
+                ("dynamodb:UpdateItem", &["APIKEY", "SUPPRESSION"]),
+                ("dynamodb:DeleteItem", &["SUPPRESSION"]),
+            ],
+        ),
+        (
+            "WebhooksFunction",
+            &[
+                (
+                    "dynamodb:GetItem",
+                    &[
+                        "INBOUND",
+                        "MSG",
+                        "SUPPRESSION",
+                        "IDEMPOTENCY",
+                        "PROVIDER",
+                        "EVENT",
+                    ],
+                ),
+                (
+                    "dynamodb:PutItem",
+                    &["INBOUND", "MSG", "IDEMPOTENCY", "EVENT"],
+                ),
+                (
+                    "dynamodb:UpdateItem",
+                    &["MSG", "CONV", "CONVPART", "SUPPRESSION", "IDEMPOTENCY"],
+                ),
+                (
+                    "dynamodb:DeleteItem",
+                    &["MSG", "IDEMPOTENCY", "SUPPRESSION"],
+                ),
+            ],
+        ),
+        (
+            DELIVERY,
+            &[
+                ("dynamodb:GetItem", &["MSG", "SUPPRESSION"]),
+                ("dynamodb:UpdateItem", &["MSG", "SUPPRESSION"]),
+                ("dynamodb:PutItem", &["PROVIDER"]),
+            ],
+        ),
+    ];
+
+    fn expected_keys(function: &str) -> Keys {
+        EXPECTED_KEYS
+            .iter()
+            .find(|(id, _)| *id == function)
+            .map(|(_, actions)| {
+                actions
+                    .iter()
+                    .map(|(action, prefixes)| {
+                        (
+                            (*action).to_owned(),
+                            prefixes.iter().map(|p| format!("{p}#*")).collect(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     // ---- reading the template ------------------------------------------------------
 
     fn template() -> Value {
@@ -326,8 +440,9 @@ mod tests {
     /// What `function`'s `Policies` allow, as (action, resource) pairs. Anything that
     /// could allow more than its statements say (a managed policy, a SAM policy
     /// template, a wildcard, NotAction, a literal ARN, a Role) is a problem.
-    fn grants(doc: &Value, function: &str, problems: &mut Vec<String>) -> Grants {
+    fn grants(doc: &Value, function: &str, problems: &mut Vec<String>) -> (Grants, Keys) {
         let mut grants = Grants::new();
+        let mut keys = Keys::new();
         let props = properties(doc, function);
         for key in ["Role", "PermissionsBoundary"] {
             if !props[key].is_null() {
@@ -338,7 +453,7 @@ mod tests {
             }
         }
         let policies = match &props["Policies"] {
-            Value::Null => return grants,
+            Value::Null => return (grants, keys),
             Value::Sequence(items) => items.iter().collect(),
             single => vec![single],
         };
@@ -370,10 +485,44 @@ mod tests {
                 }
             };
             for statement in statements {
-                statement_grants(function, statement, doc, &mut grants, problems);
+                statement_grants(function, statement, doc, &mut grants, &mut keys, problems);
             }
         }
-        grants
+        (grants, keys)
+    }
+
+    /// A statement's `dynamodb:LeadingKeys` prefixes: `None` without a
+    /// condition; anything but that one condition in its one safe form
+    /// (ForAllValues:StringLike, so every key of a batch must match) is a problem.
+    fn leading_keys(
+        function: &str,
+        statement: &Value,
+        problems: &mut Vec<String>,
+    ) -> Option<BTreeSet<String>> {
+        let condition = &statement["Condition"];
+        if condition.is_null() {
+            return None;
+        }
+        let shape = condition
+            .as_mapping()
+            .filter(|m| m.len() == 1)
+            .and_then(|_| condition["ForAllValues:StringLike"].as_mapping())
+            .filter(|m| m.len() == 1)
+            .and_then(|m| m.get("dynamodb:LeadingKeys"))
+            .and_then(|keys| one_or_many(keys));
+        let Some(values) = shape else {
+            problems.push(format!(
+                "{function}: a condition {condition:?} is not ForAllValues:StringLike on \
+                 dynamodb:LeadingKeys alone (ForAnyValue or other keys can widen it)"
+            ));
+            return Some(BTreeSet::from(["*".to_owned()]));
+        };
+        Some(
+            values
+                .into_iter()
+                .map(|v| plain_str(v).unwrap_or("?").to_owned())
+                .collect(),
+        )
     }
 
     fn statement_grants(
@@ -381,6 +530,7 @@ mod tests {
         statement: &Value,
         doc: &Value,
         grants: &mut Grants,
+        keys: &mut Keys,
         problems: &mut Vec<String>,
     ) {
         let Some(map) = statement
@@ -394,10 +544,11 @@ mod tests {
         };
         for key in map.keys() {
             let key = key.as_str().unwrap_or("?");
-            if !["Sid", "Effect", "Action", "Resource"].contains(&key) {
+            if !["Sid", "Effect", "Action", "Resource", "Condition"].contains(&key) {
                 problems.push(format!(
-                    "{function}: a statement uses {key}; only Effect, Action and Resource are \
-                     allowed (NotAction/NotResource widen, and this test cannot check the rest)"
+                    "{function}: a statement uses {key}; only Effect, Action, Resource and a \
+                     LeadingKeys Condition are allowed (NotAction/NotResource widen, and this \
+                     test cannot check the rest)"
                 ));
             }
         }
@@ -434,9 +585,22 @@ mod tests {
                 Err(why) => problems.push(format!("{function}: {why}")),
             }
         }
+        let prefixes = leading_keys(function, statement, problems);
         for action in &actions {
             for target in &targets {
                 grants.insert((action.clone(), target.clone()));
+                if target == TABLE && action.starts_with("dynamodb:") {
+                    keys.entry(action.clone()).or_default().extend(
+                        prefixes
+                            .clone()
+                            .unwrap_or_else(|| BTreeSet::from(["*".to_owned()])),
+                    );
+                } else if prefixes.is_some() {
+                    problems.push(format!(
+                        "{function}: a LeadingKeys condition on {action} on {target}, which has \
+                         no such keys"
+                    ));
+                }
             }
         }
     }
@@ -541,7 +705,22 @@ mod tests {
             }
         }
         for function in functions.union(&expected_functions) {
-            let actual = grants(doc, function, &mut problems);
+            let (actual, keys) = grants(doc, function, &mut problems);
+            let expected_keys = expected_keys(function);
+            for (action, prefixes) in &keys {
+                let wanted = expected_keys.get(action).cloned().unwrap_or_default();
+                if prefixes.contains("*") {
+                    problems.push(format!(
+                        "{function}: {action} on {TABLE} on any key; limit it with \
+                         dynamodb:LeadingKeys to {wanted:?}"
+                    ));
+                } else if *prefixes != wanted {
+                    problems.push(format!(
+                        "{function}: {action} on {TABLE} on the keys {prefixes:?}, expected \
+                         {wanted:?}"
+                    ));
+                }
+            }
             let expected = expected_grants(function);
             let extra: Grants = actual.difference(&expected).cloned().collect();
             let missing: Grants = expected.difference(&actual).cloned().collect();
@@ -1243,6 +1422,38 @@ mod tests {
                 ) = Value::Null
             },
             "DeliveryFunction is triggered by {\"SQS MessagesQueue FunctionResponseTypes=[]\"}",
+        ),
+        (
+            "the outbound function allowed to write API keys",
+            |d| {
+                *at(
+                    d,
+                    "Resources.OutboundFunction.Properties.Policies.0.Statement.2.Condition",
+                ) = yaml(
+                    "{ForAllValues:StringLike: {dynamodb:LeadingKeys: [MSG#*, IDEMPOTENCY#*, APIKEY#*]}}",
+                )
+            },
+            "OutboundFunction: dynamodb:PutItem on MessagesTable on the keys {\"APIKEY#*\", \"IDEMPOTENCY#*\", \"MSG#*\"}",
+        ),
+        (
+            "an item action on any key (as before the review)",
+            |d| {
+                *at(
+                    d,
+                    "Resources.OutboundFunction.Properties.Policies.0.Statement.3.Condition",
+                ) = Value::Null
+            },
+            "OutboundFunction: dynamodb:UpdateItem on MessagesTable on any key",
+        ),
+        (
+            "a key condition that one matching key satisfies",
+            |d| {
+                *at(
+                    d,
+                    "Resources.DeliveryFunction.Properties.Policies.0.Statement.0.Condition",
+                ) = yaml("{ForAnyValue:StringLike: {dynamodb:LeadingKeys: [MSG#*, SUPPRESSION#*]}}")
+            },
+            "DeliveryFunction: a condition",
         ),
         (
             "a trigger the role cannot poll with (as SAM's managed policy would have allowed)",
