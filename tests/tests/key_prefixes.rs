@@ -305,22 +305,27 @@ async fn the_api_functions_touch_only_the_keys_their_policies_allow() {
         (
             "POST",
             "/suppressions".to_owned(),
-            Some(json!({"channel": "sms", "address": address})),
+            Some(json!({"channel": "phone", "address": address})),
             201,
         ),
         (
             "GET",
-            format!("/suppressions?channel=sms&address={encoded}"),
+            format!("/suppressions?channel=phone&address={encoded}"),
             None,
             200,
         ),
         (
             "GET",
-            "/suppressions?channel=sms&limit=2".to_owned(),
+            "/suppressions?channel=phone&limit=2".to_owned(),
             None,
             200,
         ),
-        ("DELETE", format!("/suppressions/sms/{encoded}"), None, 204),
+        (
+            "DELETE",
+            format!("/suppressions/phone/{encoded}"),
+            None,
+            204,
+        ),
     ] {
         let (status, answer) = call(&suppressions, request(method, &path, &key, body)).await;
         assert_eq!(status, expected, "{method} {path}: {answer}");
