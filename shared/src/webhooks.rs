@@ -185,8 +185,8 @@ where
     /// The URLs Twilio may have signed: `PUBLIC_BASE_URL` + path + query; else
     /// the URL rebuilt from the request's host and scheme, and the same with the
     /// other of http/https (a local runtime such as `cargo lambda watch` reports
-    /// https for plain-http requests). Port spellings are tried by
-    /// [`twilio_webhook::verify_signature`].
+    /// https for plain-http requests); for a rebuilt URL only, port spellings are
+    /// tried too ([`twilio_webhook::verify_signature`]).
     pub fn twilio_urls(&self, origin: &RequestOrigin<'_>) -> Vec<String> {
         let path_and_query = origin.path_and_query;
         if let Some(base) = &self.public_base_url {
@@ -207,8 +207,16 @@ where
         post: &TwilioPost<'_>,
     ) -> Result<Vec<(String, String)>, WebhookError> {
         let params = twilio_webhook::parse_form(post.form);
+        // A configured public URL is the one Twilio was given: it alone is
+        // checked. A URL rebuilt from the request may differ in its port.
+        let exact = self.public_base_url.is_some();
         let verified = post.urls.iter().any(|url| {
-            twilio_webhook::verify_signature(&self.twilio_auth_token, url, &params, post.signature)
+            let check = if exact {
+                twilio_webhook::verify_signature_exact
+            } else {
+                twilio_webhook::verify_signature
+            };
+            check(&self.twilio_auth_token, url, &params, post.signature)
         });
         if verified {
             Ok(params)

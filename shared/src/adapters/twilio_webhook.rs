@@ -63,11 +63,31 @@ pub fn verify_signature(
     params: &[(String, String)],
     signature: Option<&str>,
 ) -> bool {
+    let mut candidates = vec![url.to_owned()];
+    candidates.extend(port_variants(url));
+    verify_any(auth_token, &candidates, params, signature)
+}
+
+/// Checks an `X-Twilio-Signature` against `url` exactly, in no other spelling:
+/// for a configured public URL, the one Twilio was given.
+pub fn verify_signature_exact(
+    auth_token: &str,
+    url: &str,
+    params: &[(String, String)],
+    signature: Option<&str>,
+) -> bool {
+    verify_any(auth_token, &[url.to_owned()], params, signature)
+}
+
+fn verify_any(
+    auth_token: &str,
+    candidates: &[String],
+    params: &[(String, String)],
+    signature: Option<&str>,
+) -> bool {
     let Some(given) = signature.and_then(|s| STANDARD.decode(s.trim()).ok()) else {
         return false;
     };
-    let mut candidates = vec![url.to_owned()];
-    candidates.extend(port_variants(url));
     // Every candidate is checked, so the time taken does not tell which one matched.
     candidates.iter().fold(false, |valid, candidate| {
         mac(auth_token, candidate, params)
@@ -313,6 +333,39 @@ mod tests {
         assert_eq!(signature(SDK_TOKEN, SDK_URL, &repeated), expected);
         let twice = parse_form(b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1234&Digits=1234");
         assert_eq!(signature(SDK_TOKEN, SDK_URL, &twice), expected);
+    }
+
+    #[test]
+    fn the_exact_check_accepts_only_the_url_itself() {
+        let params = sdk_params();
+        // SDK_SIGNATURE is over SDK_URL: the exact check takes it there, and
+        // refuses it for the same URL with a port (which the lenient check allows).
+        let with_port = "https://mycompany.com:1234/myapp.php?foo=1&bar=2";
+        assert!(verify_signature_exact(
+            SDK_TOKEN,
+            SDK_URL,
+            &params,
+            Some(SDK_SIGNATURE)
+        ));
+        assert!(verify_signature(
+            SDK_TOKEN,
+            with_port,
+            &params,
+            Some(SDK_SIGNATURE)
+        ));
+        assert!(!verify_signature_exact(
+            SDK_TOKEN,
+            with_port,
+            &params,
+            Some(SDK_SIGNATURE)
+        ));
+        let http = "http://mycompany.com/myapp.php?foo=1&bar=2";
+        assert!(!verify_signature_exact(
+            SDK_TOKEN,
+            http,
+            &params,
+            Some(SDK_SIGNATURE)
+        ));
     }
 
     #[test]
