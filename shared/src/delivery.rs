@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokio::time::Instant;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::compliance;
 use crate::domain::breaker::{Breaker, CallResult, Gate};
@@ -16,7 +16,7 @@ use crate::domain::{
 use crate::metrics::{self, Metric, dimension, name};
 use crate::ports::{
     Claim, Completion, DeliveryStore, Lease, Provider, ProviderError, QueueHandOver,
-    QueueVisibility, Routing, StoreError, SuppressionList,
+    QueueVisibility, RetryReason, Routing, StoreError, SuppressionList,
 };
 
 /// One received queue message, as the delivery logic needs it.
@@ -401,6 +401,16 @@ where
                     &[Metric::count(name::DELIVERY_RETRIED, 1)],
                     &[(dimension::REASON, kind.as_str())],
                 );
+                if kind == RetryReason::Credentials {
+                    error!(
+                        provider = provider.as_str(),
+                        reason, "the provider refuses our credentials, also as read again"
+                    );
+                    metrics::emit(
+                        &[Metric::count(name::PROVIDER_AUTH_FAILED, 1)],
+                        &[(dimension::PROVIDER, provider.as_str())],
+                    );
+                }
                 warn!(
                     reason,
                     attempts = message.attempts,
@@ -512,7 +522,7 @@ mod tests {
     use crate::compliance::testing::{MemorySuppressions, delegate_suppressions};
     use crate::domain::{Channel, Direction, Keyword, NewMessage, Status};
     use crate::metrics::testing::{Capture, dimension_sets};
-    use crate::ports::{Accepted, QueueError, RetryReason};
+    use crate::ports::{Accepted, QueueError};
     use serde_json::json;
 
     // ---- fakes ---------------------------------------------------------------
@@ -1533,6 +1543,7 @@ mod tests {
             (RetryReason::ServerError, "server_error"),
             (RetryReason::Timeout, "timeout"),
             (RetryReason::Connection, "connection"),
+            (RetryReason::Credentials, "credentials"),
         ] {
             let d = deliverer(claimed_store(1), retryable_as(kind, "x", None));
             let capture = Capture::start();
@@ -1541,6 +1552,29 @@ mod tests {
             assert_eq!(retried.len(), 1, "{kind:?}");
             assert_eq!(retried[0]["Reason"], expected);
         }
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_are_retried_and_counted_not_failed() {
+        let d = deliverer(
+            claimed_store(1),
+            retryable_as(
+                RetryReason::Credentials,
+                "Twilio answered 401: Authenticate",
+                None,
+            ),
+        );
+        let capture = Capture::start();
+        d.deliver(&single_record(1)).await;
+        assert!(
+            matches!(&d.store.completed()[0].2, Completion::Retry { .. }),
+            "{:?}",
+            d.store.completed()
+        );
+        let failed = capture.with_metric("ProviderAuthFailed");
+        assert_eq!(failed.len(), 1, "{:?}", capture.names());
+        assert_eq!(failed[0]["Provider"], "twilio");
+        assert!(capture.with_metric("MessagesFailed").is_empty());
     }
 
     #[tokio::test]

@@ -68,6 +68,9 @@ pub mod name {
     pub const INBOUND_EMAIL_UNVERIFIED: &str = "InboundEmailUnverified";
     /// A provider's circuit opened: calls to it pause (dimension `Provider`).
     pub const CIRCUIT_OPENED: &str = "CircuitOpened";
+    /// A provider refused our credentials (401/403), also as read again from
+    /// their store, by `Provider`.
+    pub const PROVIDER_AUTH_FAILED: &str = "ProviderAuthFailed";
     /// A message was refused or failed because its recipient opted out.
     pub const SUPPRESSED: &str = "MessagesSuppressed";
     /// An address was added to the suppression list (dimension `Source`:

@@ -256,6 +256,10 @@ pub enum RetryReason {
     Timeout,
     /// The connection failed, or another transport error.
     Connection,
+    /// 401 or 403: the provider refused our credentials (rotated, revoked), even
+    /// after they were read again. Retried like any outage until the operator
+    /// fixes them; nothing fails for it before the message's maximum age.
+    Credentials,
 }
 
 impl RetryReason {
@@ -265,6 +269,7 @@ impl RetryReason {
             Self::ServerError => "server_error",
             Self::Timeout => "timeout",
             Self::Connection => "connection",
+            Self::Credentials => "credentials",
         }
     }
 }

@@ -13,7 +13,8 @@ use crate::domain::access::Senders;
 use crate::adapters::dynamodb::DynamoDbStore;
 use crate::adapters::providers::{Providers, http_client};
 use crate::adapters::secrets::{
-    load_cursor_key, load_provider_credentials, load_webhook_credentials,
+    CredentialReader, WebhookReader, load_cursor_key, load_provider_credentials,
+    load_webhook_credentials,
 };
 use crate::adapters::sqs::SqsQueue;
 use crate::config::{Config, ConfigError};
@@ -56,17 +57,19 @@ impl Startup {
         ))
     }
 
-    /// The delivery logic, with the provider credentials loaded once (from Secrets
-    /// Manager, SSM or, locally, the environment) and one HTTP client.
+    /// The delivery logic, with the provider credentials loaded at start-up (from
+    /// Secrets Manager, SSM or, locally, the environment) and read again as
+    /// [`Providers`] says, and one HTTP client.
     pub async fn deliverer(
         &self,
     ) -> Result<Deliverer<DynamoDbStore, SqsQueue, Providers>, lambda_runtime::Error> {
         let credentials = load_provider_credentials(&self.config, &self.aws).await?;
+        let reader = CredentialReader::new(&self.config, &self.aws)?;
         let client = http_client(self.config.delivery.provider_timeout)?;
         Ok(Deliverer::new(
             self.message_store(),
             self.delivery_queue()?,
-            Providers::from_config(&self.config, &credentials, client),
+            Providers::reading(&self.config, reader, credentials, client),
             self.config.delivery.retry,
             self.config.delivery.lease,
         )
@@ -132,6 +135,7 @@ impl Startup {
             self.keyword_replies()?,
             &credentials,
             &self.config.webhooks,
-        )?)
+        )?
+        .reading(WebhookReader::new(&self.config, &self.aws)?))
     }
 }

@@ -18,7 +18,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use crate::adapters::secrets::WebhookCredentials;
+use crate::adapters::secrets::{
+    RELOAD_AFTER_REFUSAL_EVERY, ReloadGate, WebhookCredentials, WebhookReader,
+};
 use crate::adapters::sendgrid_webhook::{self, EventWebhookKey};
 use crate::adapters::twilio_webhook;
 use crate::api::{AcceptError, store_inbound};
@@ -135,7 +137,11 @@ pub struct Webhooks<S, Q> {
     store: S,
     /// Inbound keywords (STOP, START, HELP) and the queue their replies go on.
     keywords: KeywordReplies<Q>,
-    twilio_auth_token: String,
+    /// The token Twilio signs with: read again (see [`Self::reading`]) before a
+    /// signature is refused, so a rotated token is taken up.
+    twilio_auth_token: tokio::sync::RwLock<String>,
+    reader: Option<WebhookReader>,
+    gate: ReloadGate,
     public_base_url: Option<String>,
     sendgrid_key: Option<EventWebhookKey>,
     sendgrid_max_age: Duration,
@@ -173,7 +179,9 @@ where
         Ok(Self {
             store,
             keywords,
-            twilio_auth_token: credentials.twilio_auth_token.clone(),
+            twilio_auth_token: tokio::sync::RwLock::new(credentials.twilio_auth_token.clone()),
+            reader: None,
+            gate: ReloadGate::new(RELOAD_AFTER_REFUSAL_EVERY),
             public_base_url: config.public_base_url.clone(),
             sendgrid_key,
             sendgrid_max_age: config.sendgrid_max_age,
@@ -201,23 +209,74 @@ where
         ]
     }
 
+    /// Reads the Twilio auth token again from `reader` before a signature is
+    /// refused: from the cache (a rotation within its TTL), then from Secrets
+    /// Manager itself at most once per [`RELOAD_AFTER_REFUSAL_EVERY`].
+    pub fn reading(mut self, reader: WebhookReader) -> Self {
+        self.reader = Some(reader);
+        self
+    }
+
+    /// Reads again every refresh at most once per `every` (tests).
+    pub fn with_reload_after_refusal_every(mut self, every: Duration) -> Self {
+        self.gate = ReloadGate::new(every);
+        self
+    }
+
+    fn signature_matches(
+        &self,
+        token: &str,
+        post: &TwilioPost<'_>,
+        params: &[(String, String)],
+    ) -> bool {
+        // A configured public URL is the one Twilio was given: it alone is
+        // checked. A URL rebuilt from the request may differ in its port.
+        let check = if self.public_base_url.is_some() {
+            twilio_webhook::verify_signature_exact
+        } else {
+            twilio_webhook::verify_signature
+        };
+        post.urls
+            .iter()
+            .any(|url| check(token, url, params, post.signature))
+    }
+
+    /// A Twilio auth token other than `used`, read again: from the cache, then
+    /// (if the gate allows) from the store itself. `None` if nothing changed.
+    async fn token_after_refusal(&self, used: &str) -> Option<String> {
+        let reader = self.reader.as_ref()?;
+        for refresh in [false, true] {
+            if refresh && !self.gate.try_take() {
+                break;
+            }
+            match reader.read(refresh).await {
+                Ok(credentials) if credentials.twilio_auth_token != used => {
+                    info!("the Twilio auth token changed; checking signatures with the new one");
+                    let token = credentials.twilio_auth_token;
+                    *self.twilio_auth_token.write().await = token.clone();
+                    return Some(token);
+                }
+                Ok(_) => {}
+                Err(error) => warn!(%error, "the webhooks' secret could not be read again"),
+            }
+        }
+        None
+    }
+
     /// Verifies `X-Twilio-Signature` and returns the form parameters.
-    fn verified_twilio_form(
+    async fn verified_twilio_form(
         &self,
         post: &TwilioPost<'_>,
     ) -> Result<Vec<(String, String)>, WebhookError> {
         let params = twilio_webhook::parse_form(post.form);
-        // A configured public URL is the one Twilio was given: it alone is
-        // checked. A URL rebuilt from the request may differ in its port.
-        let exact = self.public_base_url.is_some();
-        let verified = post.urls.iter().any(|url| {
-            let check = if exact {
-                twilio_webhook::verify_signature_exact
-            } else {
-                twilio_webhook::verify_signature
-            };
-            check(&self.twilio_auth_token, url, &params, post.signature)
-        });
+        let token = self.twilio_auth_token.read().await.clone();
+        let mut verified = self.signature_matches(&token, post, &params);
+        if !verified
+            && post.signature.is_some()
+            && let Some(fresh) = self.token_after_refusal(&token).await
+        {
+            verified = self.signature_matches(&fresh, post, &params);
+        }
         if verified {
             Ok(params)
         } else {
@@ -241,7 +300,7 @@ where
         &self,
         post: TwilioPost<'_>,
     ) -> Result<InboundInsert, WebhookError> {
-        let params = self.verified_twilio_form(&post)?;
+        let params = self.verified_twilio_form(&post).await?;
         let new = twilio_webhook::inbound_message(&params).map_err(WebhookError::Invalid)?;
         let message = Message::accept(new, Direction::Inbound, OffsetDateTime::now_utc());
         Ok(store_inbound(&self.store, &self.keywords, InboundSource::Twilio, message).await?)
@@ -249,7 +308,7 @@ where
 
     /// `POST /webhooks/twilio/status`: moves a sent message on.
     pub async fn twilio_status(&self, post: TwilioPost<'_>) -> Result<(), WebhookError> {
-        let params = self.verified_twilio_form(&post)?;
+        let params = self.verified_twilio_form(&post).await?;
         let report = twilio_webhook::status_report(&params).map_err(WebhookError::Invalid)?;
         let sid = report.provider_message_id.clone().unwrap_or_default();
         let Some(message_id) = self

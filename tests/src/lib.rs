@@ -496,3 +496,31 @@ impl Default for Simulator {
         Self::new()
     }
 }
+
+/// A Twilio webhook post for a function's router, signed with `token` for
+/// `base` + `path` (`base` as the router rebuilds it from `Host` and
+/// `X-Forwarded-Proto`, or the configured `PUBLIC_BASE_URL`).
+pub fn signed_twilio_request(
+    token: &str,
+    base: &str,
+    path: &str,
+    params: &[(String, String)],
+) -> lambda_http::Request {
+    let url = format!("{base}{path}");
+    let signature = twilio_webhook::signature(token, &url, params);
+    let host = url.split('/').nth(2).expect("a host").to_owned();
+    let form = reqwest::Url::parse_with_params("http://form/", params)
+        .expect("form")
+        .query()
+        .unwrap_or_default()
+        .to_owned();
+    lambda_http::http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", host)
+        .header("x-forwarded-proto", "https")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(twilio_webhook::SIGNATURE_HEADER, signature)
+        .body(lambda_http::Body::from(form))
+        .expect("request")
+}

@@ -19,7 +19,6 @@ use e2e_tests::{aws, email, env, keyword_replies, new_key, phone, queue, twilio_
 use serde_json::{Value, json};
 use shared::access::Authenticator;
 use shared::adapters::dynamodb::DynamoDbStore;
-use shared::adapters::twilio_webhook;
 use shared::api::SendRules;
 use shared::cursor::CursorCodec;
 use shared::domain::{Channel, Scope};
@@ -394,18 +393,7 @@ async fn the_webhooks_and_delivery_touch_only_the_keys_their_policies_allow() {
         .clone()
         .unwrap_or_else(|| "https://hooks.example.test".to_owned());
     let signed = |path: &str, params: Vec<(String, String)>| {
-        let url = format!("{base}{path}");
-        let signature = twilio_webhook::signature(&token, &url, &params);
-        let host = url.split('/').nth(2).unwrap().to_owned();
-        lambda_http::http::Request::builder()
-            .method("POST")
-            .uri(path)
-            .header("host", host)
-            .header("x-forwarded-proto", "https")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header(twilio_webhook::SIGNATURE_HEADER, signature)
-            .body(lambda_http::Body::from(serde_urlencoded_form(&params)))
-            .unwrap()
+        e2e_tests::signed_twilio_request(&token, &base, path, &params)
     };
     let from = phone();
     let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
@@ -474,13 +462,4 @@ async fn the_webhooks_and_delivery_touch_only_the_keys_their_policies_allow() {
     let (status, answer) = call(&router, request).await;
     assert!(status == 200 || status == 204, "{status} {answer}");
     assert_allowed("WebhooksFunction", &recorder.taken());
-}
-
-/// `application/x-www-form-urlencoded`, as Twilio posts it.
-fn serde_urlencoded_form(params: &[(String, String)]) -> String {
-    reqwest::Url::parse_with_params("http://x/", params)
-        .unwrap()
-        .query()
-        .unwrap_or_default()
-        .to_owned()
 }

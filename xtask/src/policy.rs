@@ -174,6 +174,7 @@ mod tests {
         "Api5xxRate",
         "FailedPermanentlyRate",
         "ProviderCircuitOpen",
+        "ProviderAuthFailed",
     ];
 
     /// The custom metrics (namespace Messaging) and the dimension sets each is
@@ -194,6 +195,7 @@ mod tests {
         ("MessagesSuppressed", None),
         ("SuppressionsAdded", Some("Source")),
         ("CircuitOpened", Some("Provider")),
+        ("ProviderAuthFailed", Some("Provider")),
         ("InboundEmailUnverified", None),
     ];
 

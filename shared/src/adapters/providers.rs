@@ -1,12 +1,17 @@
 //! Routing a message to its provider, and what every provider call shares: one
 //! HTTP client and one way to classify failures.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
-use super::secrets::ProviderCredentials;
+use tracing::{info, warn};
+
+use super::secrets::{
+    CredentialReader, ProviderCredentials, RELOAD_AFTER_REFUSAL_EVERY, ReloadGate,
+};
 use super::sendgrid::SendGrid;
 use super::twilio::Twilio;
 use crate::config::Config;
@@ -28,42 +33,62 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
         .build()
 }
 
-/// SMS and MMS go to Twilio, email to SendGrid.
-#[derive(Clone, Debug)]
+/// SMS and MMS go to Twilio, email to SendGrid, with the credentials held now.
+/// A 401/403 reads the credentials again (at most once per
+/// [`RELOAD_AFTER_REFUSAL_EVERY`]) and, if they changed, the call is made again
+/// with them; from Secrets Manager, every call also picks up a rotation within
+/// the cache's TTL.
 pub struct Providers {
-    pub twilio: Twilio,
-    pub sendgrid: SendGrid,
+    settings: Settings,
+    client: reqwest::Client,
+    reader: CredentialReader,
+    current: tokio::sync::RwLock<Arc<Clients>>,
+    gate: ReloadGate,
 }
 
-impl Providers {
-    /// Both providers from the configuration and the credentials resolved once at
-    /// start-up (`secrets::load_provider_credentials`).
-    pub fn from_config(
-        config: &Config,
-        credentials: &ProviderCredentials,
-        client: reqwest::Client,
+/// What the provider clients are built from besides the credentials.
+#[derive(Debug, Clone)]
+struct Settings {
+    twilio_api_url: String,
+    status_callback_url: Option<String>,
+    sendgrid_api_url: String,
+    subject: String,
+}
+
+/// Both providers' clients for one set of credentials.
+#[derive(Debug)]
+struct Clients {
+    credentials: ProviderCredentials,
+    twilio: Twilio,
+    sendgrid: SendGrid,
+}
+
+impl Clients {
+    fn new(
+        settings: &Settings,
+        client: &reqwest::Client,
+        credentials: ProviderCredentials,
     ) -> Self {
         Self {
             twilio: Twilio::new(
                 client.clone(),
-                &config.twilio.api_url,
+                &settings.twilio_api_url,
                 &credentials.twilio_account_sid,
                 credentials
                     .twilio_login
                     .basic_auth(&credentials.twilio_account_sid),
             )
-            .with_status_callback(config.twilio.status_callback_url.clone()),
+            .with_status_callback(settings.status_callback_url.clone()),
             sendgrid: SendGrid::new(
-                client,
-                &config.sendgrid.api_url,
+                client.clone(),
+                &settings.sendgrid_api_url,
                 &credentials.sendgrid_api_key,
-                &config.sendgrid.subject,
+                &settings.subject,
             ),
+            credentials,
         }
     }
-}
 
-impl Provider for Providers {
     async fn send(&self, message: &Message) -> Result<Accepted, ProviderError> {
         match message.channel.provider() {
             ProviderKind::Twilio => self.twilio.send(message).await,
@@ -72,8 +97,143 @@ impl Provider for Providers {
     }
 }
 
-/// A non-2xx answer: throttling, request timeouts and server errors are worth
-/// retrying; any other client error will fail the same way again.
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Providers")
+            .field("settings", &self.settings)
+            .field("reader", &self.reader)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Providers {
+    /// Both providers with fixed credentials (read once at start-up, never again).
+    pub fn from_config(
+        config: &Config,
+        credentials: &ProviderCredentials,
+        client: reqwest::Client,
+    ) -> Self {
+        Self::reading(
+            config,
+            CredentialReader::Fixed(credentials.clone()),
+            credentials.clone(),
+            client,
+        )
+    }
+
+    /// Both providers with `credentials` (as `reader` gave them at start-up),
+    /// read again from `reader` as described on [`Providers`].
+    pub fn reading(
+        config: &Config,
+        reader: CredentialReader,
+        credentials: ProviderCredentials,
+        client: reqwest::Client,
+    ) -> Self {
+        let settings = Settings {
+            twilio_api_url: config.twilio.api_url.clone(),
+            status_callback_url: config.twilio.status_callback_url.clone(),
+            sendgrid_api_url: config.sendgrid.api_url.clone(),
+            subject: config.sendgrid.subject.clone(),
+        };
+        let clients = Clients::new(&settings, &client, credentials);
+        Self {
+            settings,
+            client,
+            reader,
+            current: tokio::sync::RwLock::new(Arc::new(clients)),
+            gate: ReloadGate::new(RELOAD_AFTER_REFUSAL_EVERY),
+        }
+    }
+
+    /// Reads the credentials again after a refusal at most once per `every`
+    /// (default [`RELOAD_AFTER_REFUSAL_EVERY`]).
+    pub fn with_reload_after_refusal_every(mut self, every: Duration) -> Self {
+        self.gate = ReloadGate::new(every);
+        self
+    }
+
+    /// The clients to call with: the held ones, or new ones if the cached
+    /// secret changed.
+    async fn clients(&self) -> Arc<Clients> {
+        let held = self.current.read().await.clone();
+        if !self.reader.is_cached() {
+            return held;
+        }
+        match self.reader.read(false).await {
+            Ok(credentials) if credentials != held.credentials => {
+                self.replace(&held, credentials).await
+            }
+            Ok(_) => held,
+            Err(error) => {
+                warn!(%error, "provider credentials could not be read again; using the ones held");
+                held
+            }
+        }
+    }
+
+    /// After `used` was refused: other clients if the credentials changed since
+    /// (read now, unless that was done within the gate's interval).
+    async fn after_refusal(&self, used: &Arc<Clients>) -> Option<Arc<Clients>> {
+        let held = self.current.read().await.clone();
+        if !Arc::ptr_eq(&held, used) {
+            return Some(held);
+        }
+        if !self.gate.try_take() {
+            return None;
+        }
+        match self.reader.read(true).await {
+            Ok(credentials) if credentials != used.credentials => {
+                Some(self.replace(used, credentials).await)
+            }
+            Ok(_) => {
+                warn!("a provider refused our credentials and their store holds the same ones");
+                None
+            }
+            Err(error) => {
+                warn!(%error, "provider credentials could not be read again after a refusal");
+                None
+            }
+        }
+    }
+
+    async fn replace(&self, old: &Arc<Clients>, credentials: ProviderCredentials) -> Arc<Clients> {
+        let mut slot = self.current.write().await;
+        if Arc::ptr_eq(&slot, old) {
+            *slot = Arc::new(Clients::new(&self.settings, &self.client, credentials));
+            info!("provider credentials changed; calling with the new ones");
+        }
+        slot.clone()
+    }
+}
+
+/// 401 or 403: the credentials were refused.
+fn refused(result: &Result<Accepted, ProviderError>) -> bool {
+    matches!(
+        result,
+        Err(ProviderError::Retryable {
+            kind: RetryReason::Credentials,
+            ..
+        })
+    )
+}
+
+impl Provider for Providers {
+    async fn send(&self, message: &Message) -> Result<Accepted, ProviderError> {
+        let clients = self.clients().await;
+        let result = clients.send(message).await;
+        if !refused(&result) {
+            return result;
+        }
+        match self.after_refusal(&clients).await {
+            Some(fresh) => fresh.send(message).await,
+            None => result,
+        }
+    }
+}
+
+/// A non-2xx answer: refused credentials, throttling, request timeouts and
+/// server errors are worth retrying; any other client error will fail the same
+/// way again.
 pub fn classify_status(
     provider: &str,
     status: StatusCode,
@@ -81,7 +241,10 @@ pub fn classify_status(
     detail: &str,
 ) -> ProviderError {
     let reason = format!("{provider} answered {}: {detail}", status.as_u16());
-    let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+    let kind = if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        // Rotated or revoked credentials: read again and retried, never final.
+        RetryReason::Credentials
+    } else if status == StatusCode::TOO_MANY_REQUESTS {
         RetryReason::Throttled
     } else if status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
         RetryReason::ServerError
@@ -310,8 +473,26 @@ mod tests {
     }
 
     #[test]
+    fn refused_credentials_are_retried() {
+        for code in [401, 403] {
+            let status = StatusCode::from_u16(code).unwrap();
+            let err = classify_status("twilio", status, &headers(None), "Authenticate");
+            assert!(
+                matches!(
+                    &err,
+                    ProviderError::Retryable {
+                        kind: RetryReason::Credentials,
+                        ..
+                    }
+                ),
+                "{code}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
     fn other_client_errors_are_final() {
-        for code in [400, 401, 403, 404, 413, 422] {
+        for code in [400, 404, 413, 422] {
             let status = StatusCode::from_u16(code).unwrap();
             let err = classify_status("sendgrid", status, &headers(None), "bad address");
             assert_eq!(

@@ -11,6 +11,9 @@
 //! `ProviderCredentials` has a redacting `Debug` and no `Display`.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
 use aws_sdk_ssm::config::http::HttpResponse;
@@ -128,19 +131,9 @@ pub async fn load_webhook_credentials(
     aws: &SdkConfig,
 ) -> Result<WebhookCredentials, ConfigError> {
     let webhooks = &config.webhooks;
-    let result = match &webhooks.secret_id {
-        Some(secret_id) => {
-            let client = aws_sdk_secretsmanager::Client::new(aws);
-            match secret_string(&client, secret_id, &WEBHOOK_SECRET_KEYS).await {
-                Ok((location, text)) => parse_webhook_secret(&location, &text),
-                Err(e) => Err(e),
-            }
-        }
-        None => Ok(WebhookCredentials {
-            twilio_auth_token: require(&webhooks.twilio_auth_token, "TWILIO_AUTH_TOKEN")?
-                .to_owned(),
-            sendgrid_inbound_basic_auth: webhooks.sendgrid_inbound_basic_auth.clone(),
-        }),
+    let result = match WebhookReader::new(config, aws) {
+        Ok(reader) => reader.read(false).await,
+        Err(e) => Err(e),
     };
     match (&result, &webhooks.secret_id) {
         (Ok(_), Some(id)) => tracing::info!(secret = %id, "webhook credentials loaded"),
@@ -195,6 +188,187 @@ pub async fn load_cursor_key(config: &Config, aws: &SdkConfig) -> Result<Vec<u8>
         CursorKeySource::Missing => {
             tracing::error!("{}", ConfigError::NoCursorKey);
             Err(ConfigError::NoCursorKey)
+        }
+    }
+}
+
+/// How long a secret read through the cache is trusted before the next use
+/// reads it again: a rotated secret reaches a running function within this time
+/// even if nothing was refused.
+pub const SECRET_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// How often, at most, credentials a provider refused are read again (per
+/// function instance): a refusal storm must not become a Secrets Manager storm.
+pub const RELOAD_AFTER_REFUSAL_EVERY: Duration = Duration::from_secs(60);
+
+/// A Secrets Manager secret read through AWS's caching client
+/// (`aws_secretsmanager_caching`): from memory within [`SECRET_CACHE_TTL`],
+/// from Secrets Manager after it or when a refresh is asked for.
+#[derive(Clone)]
+pub struct CachedSecret {
+    cache: Arc<aws_secretsmanager_caching::SecretsManagerCachingClient>,
+    client: aws_sdk_secretsmanager::Client,
+    secret_id: String,
+}
+
+impl std::fmt::Debug for CachedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedSecret")
+            .field("secret_id", &self.secret_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedSecret {
+    pub fn new(aws: &SdkConfig, secret_id: &str, ttl: Duration) -> Result<Self, ConfigError> {
+        let location = || format!("Secrets Manager secret {secret_id:?}");
+        let client = aws_sdk_secretsmanager::Client::new(aws);
+        let cache = aws_secretsmanager_caching::SecretsManagerCachingClient::new(
+            client.clone(),
+            NonZeroUsize::MIN,
+            ttl,
+            // A refresh that fails keeps the value held: a Secrets Manager
+            // outage must not take working credentials away.
+            true,
+        )
+        .map_err(|e| ConfigError::CredentialsUnavailable {
+            location: location(),
+            reason: format!("the secret cache could not be set up: {e}"),
+        })?;
+        Ok(Self {
+            cache: Arc::new(cache),
+            client,
+            secret_id: secret_id.to_owned(),
+        })
+    }
+
+    /// The SecretString (with the secret's description for errors); `refresh`
+    /// reads Secrets Manager now. `keys` are named if it holds no string.
+    pub async fn text(
+        &self,
+        refresh: bool,
+        keys: &[&str],
+    ) -> Result<(String, String), ConfigError> {
+        // The cache's error is dropped here (it is not Send, and terse): a
+        // failure is read again directly for the precise one (not found, access
+        // denied, …), which names what to fix.
+        let cached = self
+            .cache
+            .get_secret_value(&self.secret_id, None, None, refresh)
+            .await
+            .ok()
+            .and_then(|output| output.secret_string);
+        match cached {
+            Some(text) => Ok((format!("Secrets Manager secret {:?}", self.secret_id), text)),
+            None => secret_string(&self.client, &self.secret_id, keys).await,
+        }
+    }
+}
+
+/// Allows one reload per interval: the first caller after it gets `true`.
+#[derive(Debug)]
+pub struct ReloadGate {
+    every: Duration,
+    last: Mutex<Option<Instant>>,
+}
+
+impl ReloadGate {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: Mutex::new(None),
+        }
+    }
+
+    pub fn try_take(&self) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < self.every) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+}
+
+/// Where the delivery function reads its provider credentials, at start-up and
+/// again when a provider refuses them.
+#[derive(Debug, Clone)]
+pub enum CredentialReader {
+    /// Through the cache: every send may read it (memory within the TTL).
+    SecretsManager(CachedSecret),
+    /// Read only at start-up and after a refusal.
+    ParameterStore {
+        client: aws_sdk_ssm::Client,
+        path: String,
+    },
+    /// Fixed values (environment variables, local development; tests).
+    Fixed(ProviderCredentials),
+}
+
+impl CredentialReader {
+    /// The reader for `config`'s credential source.
+    pub fn new(config: &Config, aws: &SdkConfig) -> Result<Self, ConfigError> {
+        Ok(match &config.credentials {
+            CredentialSource::SecretsManager { secret_id } => {
+                Self::SecretsManager(CachedSecret::new(aws, secret_id, SECRET_CACHE_TTL)?)
+            }
+            CredentialSource::ParameterStore { path } => Self::ParameterStore {
+                client: aws_sdk_ssm::Client::new(aws),
+                path: path.clone(),
+            },
+            source @ CredentialSource::Environment { .. } => Self::Fixed(from_environment(source)?),
+        })
+    }
+
+    /// The credentials; `refresh` reads their store now, past any cache.
+    pub async fn read(&self, refresh: bool) -> Result<ProviderCredentials, ConfigError> {
+        match self {
+            Self::SecretsManager(secret) => {
+                let (location, text) = secret.text(refresh, &SECRET_KEYS).await?;
+                parse_secret(&location, &text)
+            }
+            Self::ParameterStore { client, path } => from_parameter_path(client, path).await,
+            Self::Fixed(credentials) => Ok(credentials.clone()),
+        }
+    }
+
+    /// Whether a read without refresh is served from memory, so that every
+    /// provider call may make one (and so pick up a rotation within the TTL).
+    pub fn is_cached(&self) -> bool {
+        matches!(self, Self::SecretsManager(_))
+    }
+}
+
+/// Where the webhooks read their credentials, at start-up and again before
+/// they refuse a Twilio signature.
+#[derive(Debug, Clone)]
+pub enum WebhookReader {
+    SecretsManager(CachedSecret),
+    Fixed(WebhookCredentials),
+}
+
+impl WebhookReader {
+    pub fn new(config: &Config, aws: &SdkConfig) -> Result<Self, ConfigError> {
+        let webhooks = &config.webhooks;
+        Ok(match &webhooks.secret_id {
+            Some(secret_id) => {
+                Self::SecretsManager(CachedSecret::new(aws, secret_id, SECRET_CACHE_TTL)?)
+            }
+            None => Self::Fixed(WebhookCredentials {
+                twilio_auth_token: require(&webhooks.twilio_auth_token, "TWILIO_AUTH_TOKEN")?
+                    .to_owned(),
+                sendgrid_inbound_basic_auth: webhooks.sendgrid_inbound_basic_auth.clone(),
+            }),
+        })
+    }
+
+    pub async fn read(&self, refresh: bool) -> Result<WebhookCredentials, ConfigError> {
+        match self {
+            Self::SecretsManager(secret) => {
+                let (location, text) = secret.text(refresh, &WEBHOOK_SECRET_KEYS).await?;
+                parse_webhook_secret(&location, &text)
+            }
+            Self::Fixed(credentials) => Ok(credentials.clone()),
         }
     }
 }

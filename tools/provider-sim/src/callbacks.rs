@@ -151,7 +151,7 @@ impl Callbacks {
                         if status == "undelivered" {
                             params.push(("ErrorCode".into(), UNDELIVERED_ERROR_CODE.into()));
                         }
-                        let token = &state.config().twilio_auth_token;
+                        let token = &state.secrets().twilio_auth_token;
                         let signature = twilio_webhook::signature(token, &url, &params);
                         let request = state
                             .http()

@@ -262,6 +262,9 @@ struct Log {
 struct Inner {
     config: Config,
     faults: Mutex<Faults>,
+    /// The credentials accepted now: the configured ones until rotated with
+    /// `PUT /_sim/credentials`.
+    secrets: Mutex<Secrets>,
     /// Pending scripted failures per recipient, one entry per request to fail.
     rules: Mutex<HashMap<String, VecDeque<Failure>>>,
     log: Mutex<Log>,
@@ -270,6 +273,15 @@ struct Inner {
     callbacks: Mutex<callbacks::CallbackLog>,
     /// One client for every callback.
     http: reqwest::Client,
+}
+
+/// The provider credentials the simulator accepts; a rotation replaces them, as
+/// rotating an auth token or an API key at the provider does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    pub twilio_auth_token: String,
+    pub sendgrid_api_key: String,
 }
 
 /// How long a callback receiver may take to answer.
@@ -297,6 +309,10 @@ impl AppState {
     pub fn new(config: &Config) -> Self {
         Self(Arc::new(Inner {
             faults: Mutex::new(config.faults),
+            secrets: Mutex::new(Secrets {
+                twilio_auth_token: config.twilio_auth_token.clone(),
+                sendgrid_api_key: config.sendgrid_api_key.clone(),
+            }),
             config: config.clone(),
             rules: Mutex::default(),
             log: Mutex::default(),
@@ -311,6 +327,11 @@ impl AppState {
 
     fn config(&self) -> &Config {
         &self.0.config
+    }
+
+    /// The credentials accepted now (and the token callbacks are signed with).
+    fn secrets(&self) -> Secrets {
+        lock(&self.0.secrets).clone()
     }
 
     fn http(&self) -> &reqwest::Client {
@@ -384,6 +405,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(json!({"status": "ok"})) }),
         )
         .route("/_sim/config", get(get_config).put(put_config))
+        .route("/_sim/credentials", axum::routing::put(put_credentials))
         .route("/_sim/rules", post(add_rule).delete(clear_rules))
         .route("/_sim/requests", get(list_requests).delete(clear_requests))
         .route("/_sim/stats", get(stats))
@@ -434,6 +456,22 @@ async fn put_config(
     *faults = next;
     tracing::info!(faults = ?next, "config changed");
     Ok(Json(next))
+}
+
+/// `PUT /_sim/credentials` `{"twilio_auth_token": …, "sendgrid_api_key": …}`:
+/// from now on only these are accepted (either may be left out).
+async fn put_credentials(
+    State(state): State<AppState>,
+    Json(patch): Json<Map<String, Value>>,
+) -> Result<StatusCode, Response> {
+    let mut secrets = lock(&state.0.secrets);
+    let mut merged = serde_json::to_value(&*secrets).map_err(bad_request)?;
+    if let Value::Object(fields) = &mut merged {
+        fields.extend(patch);
+    }
+    *secrets = serde_json::from_value(merged).map_err(bad_request)?;
+    tracing::info!("credentials rotated");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

@@ -147,7 +147,11 @@ pub(crate) async fn twilio_send(
 ) -> Response {
     let (in_flight, received, delay) = (state.track(), OffsetDateTime::now_utc(), state.latency());
     let config = state.config();
-    let secret = format!("{}:{}", config.twilio_account_sid, config.twilio_auth_token);
+    let secret = format!(
+        "{}:{}",
+        config.twilio_account_sid,
+        state.secrets().twilio_auth_token
+    );
     let expected = STANDARD.encode(secret);
     if account_sid != config.twilio_account_sid || credentials(&headers, "Basic") != Some(&expected)
     {
@@ -291,7 +295,7 @@ pub(crate) async fn sendgrid_send(
     body: Bytes,
 ) -> Response {
     let (in_flight, received, delay) = (state.track(), OffsetDateTime::now_utc(), state.latency());
-    if credentials(&headers, "Bearer") != Some(state.config().sendgrid_api_key.as_str()) {
+    if credentials(&headers, "Bearer") != Some(state.secrets().sendgrid_api_key.as_str()) {
         let message = "The provided authorization grant is invalid, expired, or revoked";
         let response = sendgrid_error(StatusCode::UNAUTHORIZED, message, None);
         return answer(&state, in_flight, delay, None, response, None).await;
