@@ -13,7 +13,6 @@ use std::time::Duration;
 use criterion::Criterion;
 use lambda_http::Request;
 use serde_json::Value;
-use shared::adapters::sqs::delivery_records;
 use shared::delivery::{Deliverer, DeliveryRecord};
 use shared::domain::{
     Direction, Message, RetryPolicy, Status, Suppression, SuppressionChannel, validate_outbound,
@@ -24,6 +23,7 @@ use shared::ports::{
     Accepted, Claim, Completion, DeliveryStore, Lease, Page, Position, Provider, ProviderError,
     QueueError, QueueHandOver, QueueVisibility, StoreError, Suppressed, SuppressionList,
 };
+use shared::sqs_trigger::delivery_records;
 use shared::views::MessageView;
 use time::OffsetDateTime;
 

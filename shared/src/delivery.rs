@@ -1639,8 +1639,7 @@ mod tests {
         let capture = Capture::start();
 
         let response =
-            crate::adapters::sqs::handle_event(&d, LambdaEvent::new(event, Context::default()))
-                .await;
+            crate::sqs_trigger::handle_event(&d, LambdaEvent::new(event, Context::default())).await;
 
         assert_eq!(response.batch_item_failures.len(), 1);
         let batch = capture.with_metric("BatchSize");

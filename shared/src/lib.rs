@@ -14,6 +14,7 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod ports;
+pub mod sqs_trigger;
 pub mod startup;
 pub mod telemetry;
 pub mod views;

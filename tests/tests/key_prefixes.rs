@@ -363,7 +363,7 @@ async fn the_webhooks_and_delivery_touch_only_the_keys_their_policies_allow() {
             "eventSource": "aws:sqs", "awsRegion": "us-east-1"}));
     }
     let event: SqsEvent = serde_json::from_value(json!({"Records": records})).unwrap();
-    let response = shared::adapters::sqs::handle_event(
+    let response = shared::sqs_trigger::handle_event(
         &deliverer,
         lambda_runtime::LambdaEvent::new(event, lambda_runtime::Context::default()),
     )

@@ -75,7 +75,7 @@ async fn delivery_logs_carry_ids_and_never_secrets_or_bodies() {
     let captured = Captured::default();
     let subscriber = shared::telemetry::json_subscriber(EnvFilter::new("debug"), captured.clone());
     let guard = tracing::subscriber::set_default(subscriber);
-    let response = shared::adapters::sqs::handle_event(
+    let response = shared::sqs_trigger::handle_event(
         &deliverer,
         lambda_runtime::LambdaEvent::new(event, context),
     )

@@ -107,7 +107,7 @@ async fn deliver(
         })
         .collect();
     let event: SqsEvent = serde_json::from_value(json!({"Records": records})).unwrap();
-    shared::adapters::sqs::handle_event(
+    shared::sqs_trigger::handle_event(
         deliverer,
         lambda_runtime::LambdaEvent::new(event, lambda_runtime::Context::default()),
     )

@@ -3,7 +3,7 @@
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use shared::adapters::sqs::handle_event;
+use shared::sqs_trigger::handle_event;
 use shared::startup::Startup;
 
 #[tokio::main]
