@@ -165,6 +165,10 @@ pub struct WebhookConfig {
     /// SendGrid's Inbound Parse must send (its URL is configured as
     /// `https://user:password@host/...`). Unset, every inbound parse post is refused.
     pub sendgrid_inbound_basic_auth: Option<String>,
+    /// Off real Lambda (`cargo lambda watch`, `sam local`, tests): a local runtime
+    /// may report https for a plain-http request, so a Twilio signature is also
+    /// checked against the URL's other scheme. Never on Lambda.
+    pub local_runtime: bool,
     /// `INBOUND_EMAIL_REQUIRE_AUTH` (default off): an inbound email whose sender
     /// neither SPF nor DKIM vouched for is answered 200 and not stored, so a
     /// forged From cannot land in a customer's thread.
@@ -176,6 +180,7 @@ impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
             .field("public_base_url", &self.public_base_url)
+            .field("local_runtime", &self.local_runtime)
             .field("secret_id", &self.secret_id)
             .field(
                 "twilio_auth_token",
@@ -380,6 +385,7 @@ impl Config {
             webhooks: WebhookConfig {
                 public_base_url,
                 secret_id: get(WEBHOOK_SECRET_ID).map(|id| id.trim().to_owned()),
+                local_runtime: !on_lambda(&get),
                 twilio_auth_token: get("TWILIO_AUTH_TOKEN"),
                 sendgrid_public_key: get("SENDGRID_WEBHOOK_PUBLIC_KEY"),
                 sendgrid_max_age: seconds("SENDGRID_WEBHOOK_MAX_AGE_SECONDS", 300)?,
@@ -679,6 +685,19 @@ mod tests {
         ));
         let printed = format!("{:?}", key(&[("CURSOR_SECRET", "s3cret")]).unwrap());
         assert!(!printed.contains("s3cret"), "{printed}");
+    }
+
+    #[test]
+    fn only_a_local_runtime_checks_twilio_signatures_against_both_schemes() {
+        let local = |vars: &[(&'static str, &'static str)]| {
+            config(&with(vars)).unwrap().webhooks.local_runtime
+        };
+        assert!(!local(&[("AWS_LAMBDA_FUNCTION_NAME", "webhooks")]));
+        assert!(local(&[
+            ("AWS_LAMBDA_FUNCTION_NAME", "webhooks"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+        ]));
+        assert!(local(&[]));
     }
 
     const ENV_CREDS: [(&str, &str); 3] = [

@@ -143,6 +143,7 @@ pub struct Webhooks<S, Q> {
     reader: Option<WebhookReader>,
     gate: ReloadGate,
     public_base_url: Option<String>,
+    local_runtime: bool,
     sendgrid_key: Option<EventWebhookKey>,
     sendgrid_max_age: Duration,
     inbound_basic_auth: Option<String>,
@@ -183,6 +184,7 @@ where
             reader: None,
             gate: ReloadGate::new(RELOAD_AFTER_REFUSAL_EVERY),
             public_base_url: config.public_base_url.clone(),
+            local_runtime: config.local_runtime,
             sendgrid_key,
             sendgrid_max_age: config.sendgrid_max_age,
             inbound_basic_auth: credentials.sendgrid_inbound_basic_auth.clone(),
@@ -191,10 +193,10 @@ where
     }
 
     /// The URLs Twilio may have signed: `PUBLIC_BASE_URL` + path + query; else
-    /// the URL rebuilt from the request's host and scheme, and the same with the
-    /// other of http/https (a local runtime such as `cargo lambda watch` reports
-    /// https for plain-http requests); for a rebuilt URL only, port spellings are
-    /// tried too ([`twilio_webhook::verify_signature`]).
+    /// the URL rebuilt from the request's host and scheme (for a rebuilt URL,
+    /// port spellings are tried too: [`twilio_webhook::verify_signature`]).
+    /// Off Lambda only, also with the other of http/https: a local runtime such
+    /// as `cargo lambda watch` reports https for plain-http requests.
     pub fn twilio_urls(&self, origin: &RequestOrigin<'_>) -> Vec<String> {
         let path_and_query = origin.path_and_query;
         if let Some(base) = &self.public_base_url {
@@ -202,11 +204,12 @@ where
         }
         let scheme = origin.scheme.unwrap_or("https");
         let host = origin.host.unwrap_or_default();
-        let other = if scheme == "http" { "https" } else { "http" };
-        vec![
-            format!("{scheme}://{host}{path_and_query}"),
-            format!("{other}://{host}{path_and_query}"),
-        ]
+        let mut urls = vec![format!("{scheme}://{host}{path_and_query}")];
+        if self.local_runtime {
+            let other = if scheme == "http" { "https" } else { "http" };
+            urls.push(format!("{other}://{host}{path_and_query}"));
+        }
+        urls
     }
 
     /// Reads the Twilio auth token again from `reader` before a signature is
