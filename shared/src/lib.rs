@@ -12,6 +12,7 @@ pub mod cursor;
 pub mod delivery;
 pub mod domain;
 pub mod http;
+pub mod local;
 pub mod metrics;
 pub mod ports;
 pub mod sqs_trigger;

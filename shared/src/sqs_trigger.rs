@@ -3,14 +3,14 @@
 //! within the invocation's deadline, the partial batch response out. The queue
 //! itself (send, change visibility) is [`crate::adapters::sqs`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
-use tokio::time::Instant;
 
 use crate::adapters::sqs::{Queued, decode_queued};
 use crate::delivery::{Deliverer, DeliveryRecord};
+use crate::local;
 use crate::metrics::{self, Metric, name};
 use crate::ports::{
     DeliveryStore, Provider, QueueHandOver, QueueVisibility, Routing, SuppressionList,
@@ -63,7 +63,7 @@ where
     P: Provider,
 {
     let records = delivery_records(&event.payload);
-    let deadline = deadline_instant(event.context.deadline, SystemTime::now());
+    let deadline = local::deadline(event.context.deadline, SystemTime::now());
     let failed = deliverer.deliver_batch(&records, deadline).await;
     tracing::info!(
         request_id = %event.context.request_id,
@@ -79,15 +79,6 @@ where
         &[],
     );
     batch_response(failed)
-}
-
-/// Lambda's deadline (epoch milliseconds) as a monotonic instant. A deadline
-/// that has passed before the invocation even started is not a real one (local
-/// runtimes such as `cargo lambda watch` send the timeout instead): none then.
-fn deadline_instant(deadline_ms: u64, now: SystemTime) -> Option<Instant> {
-    let deadline = UNIX_EPOCH.checked_add(Duration::from_millis(deadline_ms))?;
-    let remaining = deadline.duration_since(now).ok()?;
-    Some(Instant::now() + remaining)
 }
 
 /// The partial batch response naming the records to receive again.
@@ -124,23 +115,6 @@ mod tests {
         assert_eq!(records[0].receipt_handle, "r1");
         assert!(records[1].message_id.is_err());
         assert_eq!(records[1].receive_count, 1);
-    }
-
-    #[test]
-    fn deadlines_are_epoch_milliseconds_in_the_future() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let in_30s = 1_800_000_030_000;
-        let remaining = deadline_instant(in_30s, now).unwrap() - Instant::now();
-        assert!(
-            remaining > Duration::from_secs(29) && remaining <= Duration::from_secs(30),
-            "{remaining:?}"
-        );
-        assert_eq!(
-            deadline_instant(600_000, now),
-            None,
-            "a relative timeout is not a deadline"
-        );
-        assert_eq!(deadline_instant(1_799_999_999_000, now), None);
     }
 
     #[test]

@@ -195,8 +195,7 @@ where
     /// The URLs Twilio may have signed: `PUBLIC_BASE_URL` + path + query; else
     /// the URL rebuilt from the request's host and scheme (for a rebuilt URL,
     /// port spellings are tried too: [`twilio_webhook::verify_signature`]).
-    /// Off Lambda only, also with the other of http/https: a local runtime such
-    /// as `cargo lambda watch` reports https for plain-http requests.
+    /// Off Lambda only, also with the other of http/https ([`crate::local`]).
     pub fn twilio_urls(&self, origin: &RequestOrigin<'_>) -> Vec<String> {
         let path_and_query = origin.path_and_query;
         if let Some(base) = &self.public_base_url {
@@ -204,12 +203,10 @@ where
         }
         let scheme = origin.scheme.unwrap_or("https");
         let host = origin.host.unwrap_or_default();
-        let mut urls = vec![format!("{scheme}://{host}{path_and_query}")];
-        if self.local_runtime {
-            let other = if scheme == "http" { "https" } else { "http" };
-            urls.push(format!("{other}://{host}{path_and_query}"));
-        }
-        urls
+        crate::local::signature_schemes(scheme, self.local_runtime)
+            .into_iter()
+            .map(|scheme| format!("{scheme}://{host}{path_and_query}"))
+            .collect()
     }
 
     /// Reads the Twilio auth token again from `reader` before a signature is
