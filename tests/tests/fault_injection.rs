@@ -188,10 +188,15 @@ fn print(phase: &str, f: &Figures, kills: usize, in_flight_at_kills: u64) {
     );
 }
 
-/// The delivery function's processes of this stack (found through /proc by
-/// executable name and this stack's queue URL in their environment).
+/// The delivery function's processes of this stack, found through /proc: the
+/// `delivery` binary with this stack's queue URL in its environment, or, on a
+/// deployed stack (`DELIVERY_FUNCTION_NAME` set), the emulator's `bootstrap`
+/// process of that function.
 fn delivery_pids() -> Vec<i32> {
-    let marker = format!("QUEUE_URL={}", env("QUEUE_URL"));
+    let (binary, marker) = match std::env::var("DELIVERY_FUNCTION_NAME") {
+        Ok(name) => ("bootstrap", format!("AWS_LAMBDA_FUNCTION_NAME={name}")),
+        Err(_) => ("delivery", format!("QUEUE_URL={}", env("QUEUE_URL"))),
+    };
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -200,7 +205,7 @@ fn delivery_pids() -> Vec<i32> {
         .filter(|pid| {
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
             let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            exe.file_name().is_some_and(|n| n == "delivery")
+            exe.file_name().is_some_and(|n| n == binary)
                 && environ
                     .split(|b| *b == 0)
                     .any(|var| var == marker.as_bytes())

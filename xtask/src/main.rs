@@ -2,6 +2,7 @@
 //! runs every check and test against a fresh one.
 
 mod bench;
+mod deployed;
 mod keys;
 mod openapi;
 mod policy;
@@ -35,15 +36,20 @@ commands:
             on ministack at 127.0.0.1:4567 unless that LocalStack offers it
             --sam: the API through sam local start-api on http://127.0.0.1:3000,
             the functions in containers as in sam-test (needs Docker)
+            --deployed: template.yaml deployed by CloudFormation into ministack
+            on 127.0.0.1:4566 (its Lambda functions, HTTP API and SQS event
+            source mapping) and the provider simulator; prints `API: <url>`
   test      format check, SAM template lint, clippy, and every test against a
-            fresh local stack on free ports; then the fault-injection suite alone
-            and the OpenAPI check (as `openapi`) on that stack; then the integration
-            and end-to-end suites again with SQS on LocalStack
-            --emulator localstack: only the first run, against LocalStack (as dev)
+            fresh local stack on free ports, then the OpenAPI check (as `openapi`)
+            on that stack; then the integration and end-to-end suites again with
+            SQS on LocalStack; then those suites and the fault-injection suite on
+            template.yaml deployed into ministack; then the SAM suites
+            --emulator localstack | --deployed: only the first run, there (as dev)
   e2e       only the integration and end-to-end suites on a fresh stack; further
             arguments go to cargo nextest (e.g. `cargo xtask e2e --test webhooks`)
-  faults    only the fault-injection suite, on a fresh stack
-            (--messages N per phase, default 1000: the long mode)
+            --deployed (first): on a deployed stack
+  faults    only the fault-injection suite, on a fresh deployed stack (it kills
+            delivery processes) (--messages N per phase, default 1000: the long mode)
   openapi   hold the API to openapi.yaml, on a fresh stack: its examples valid,
             every example request sent and the answer validated, then a bounded,
             seeded schemathesis fuzz run (no 5xx, nothing undocumented); reports
@@ -161,6 +167,29 @@ fn fault_suite(nextest: bool) -> Command {
     }
 }
 
+/// The integration and end-to-end suites (the `e2e-tests` package).
+fn e2e_suites(nextest: bool) -> Command {
+    if nextest {
+        cargo(&["nextest", "run", "-p", "e2e-tests", "--no-fail-fast"])
+    } else {
+        cargo(&["test", "-p", "e2e-tests", "--no-fail-fast"])
+    }
+}
+
+/// [`e2e_suites`] for a deployed stack: all but the trailing-slash test (the
+/// emulator's HTTP API matches a route's path exactly: `/messages/outbound/`
+/// finds no route there).
+fn deployed_e2e_suites(nextest: bool) -> Command {
+    const EMULATOR_GAPS: &str = "trailing_slash_routes_work";
+    let mut suites = e2e_suites(nextest);
+    if nextest {
+        suites.args(["-E", &format!("not test(={EMULATOR_GAPS})")]);
+    } else {
+        suites.args(["--", "--skip", EMULATOR_GAPS]);
+    }
+    suites
+}
+
 /// A fresh stack on free ports, logging to `logs`, tuned for tests: short retry
 /// delays, and a short queue visibility timeout (template: 180 s) and lease so
 /// that recovery from a killed delivery happens within a test's time.
@@ -245,7 +274,7 @@ async fn faults(args: &[String]) -> Result<()> {
             .function_env
             .push(("BREAKER_THRESHOLD".into(), "0".into()));
     }
-    let stack = Stack::start(&root, &tools, options).await?;
+    let stack = Stack::start_with(&root, &tools, options, Emulator::Deployed).await?;
     let mut suite = fault_suite(has_nextest());
     suite.env("FAULT_MESSAGES", messages.to_string());
     if let Some(seconds) = outage {
@@ -264,11 +293,14 @@ async fn e2e(args: &[String]) -> Result<()> {
     let tools = python::ensure(&root)?;
     python::run(&mut cargo(&["build", "--workspace", "--all-targets"]))?;
     let logs = root.join("target/xtask/logs");
-    let stack = start_test_stack(&root, &tools, &logs).await?;
-    let mut suites = if has_nextest() {
-        cargo(&["nextest", "run", "-p", "e2e-tests", "--no-fail-fast"])
-    } else {
-        cargo(&["test", "-p", "e2e-tests", "--no-fail-fast"])
+    let (emulator, args) = match args.first().map(String::as_str) {
+        Some("--deployed") => (Emulator::Deployed, &args[1..]),
+        _ => (Emulator::Ministack, args),
+    };
+    let stack = start_test_stack_with(&root, &tools, &logs, emulator).await?;
+    let mut suites = match emulator {
+        Emulator::Deployed => deployed_e2e_suites(has_nextest()),
+        _ => e2e_suites(has_nextest()),
     };
     let result = python::run(
         suites
@@ -363,25 +395,63 @@ async fn dev(args: &[String]) -> Result<()> {
         ),
         None => stack.api_url.clone(),
     };
-    // `cargo xtask queue` defaults to one emulator at 127.0.0.1:4566.
-    let queue_endpoints = if stack.dynamodb.url != stack.sqs.url {
+    // `cargo xtask queue` defaults to one emulator at 127.0.0.1:4566, table and
+    // queue `messages`; a deployed stack's are found as on AWS, by the stack's names.
+    let queue_command = if stack.deployment.is_some() {
+        let names = [
+            "AWS_ENDPOINT_URL",
+            "AWS_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "TABLE_NAME",
+            "QUEUE_URL",
+            "DLQ_URL",
+        ];
+        let env: Vec<String> = stack
+            .env
+            .iter()
+            .filter(|(name, _)| names.contains(&name.as_str()))
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        format!("{} cargo xtask queue --aws stats", env.join(" "))
+    } else if stack.dynamodb.url != stack.sqs.url {
         format!(
-            "--endpoint {} --sqs-endpoint {} ",
+            "cargo xtask queue --endpoint {} --sqs-endpoint {} stats",
             stack.dynamodb.url, stack.sqs.url
         )
     } else if stack.dynamodb.url != "http://127.0.0.1:4566" {
-        format!("--endpoint {} ", stack.dynamodb.url)
+        format!("cargo xtask queue --endpoint {} stats", stack.dynamodb.url)
     } else {
-        String::new()
+        "cargo xtask queue stats".to_owned()
+    };
+    let deployed = match &stack.deployment {
+        Some(d) => format!(
+            "  Stack:          {} (template.yaml, deployed by CloudFormation in the emulator; \
+             delivery under its SQS event source mapping{})\n",
+            d.stack_name,
+            if d.stand_in_alarms.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; single-metric stand-ins for {}",
+                    d.stand_in_alarms.join(", ")
+                )
+            }
+        ),
+        None => String::new(),
     };
     println!(
-        "\nxtask: local stack ready\n  API:            {api_line}\n  DynamoDB:       {dynamodb} ({dynamodb_by}; table {table})\n  SQS:            {sqs} ({sqs_by}; queue {queue})\n  Provider sim:   {sim}\n  API key:        {key} (every scope; {key_source})\n\n  export MESSAGING_API_KEY={key}\n  curl -s -X POST {api}/messages/outbound -H \"Authorization: Bearer $MESSAGING_API_KEY\" -H 'content-type: application/json' \\\n    -d '{{\"from\":\"+18045551234\",\"to\":\"+12016661234\",\"type\":\"sms\",\"body\":\"Hello\",\"attachments\":null}}'\n  cargo xtask queue {queue_endpoints}stats\n\nPress Ctrl-C to stop.",
+        "\nxtask: local stack ready\nAPI: {api}\n{deployed}  API:            {api_line}\n  DynamoDB:       {dynamodb} ({dynamodb_by}; table {table})\n  SQS:            {sqs} ({sqs_by}; queue {queue})\n  Provider sim:   {sim}\n  API key:        {key} (every scope; {key_source})\n\n  export MESSAGING_API_KEY={key}\n  curl -s -X POST {api}/messages/outbound -H \"Authorization: Bearer $MESSAGING_API_KEY\" -H 'content-type: application/json' \\\n    -d '{{\"from\":\"+18045551234\",\"to\":\"+12016661234\",\"type\":\"sms\",\"body\":\"Hello\",\"attachments\":null}}'\n  {queue_command}\n\nPress Ctrl-C to stop.",
         api = sam_api.as_ref().map_or(&stack.api_url, |a| &a.url),
         dynamodb = stack.dynamodb.url,
         dynamodb_by = stack.dynamodb.by,
         sqs = stack.sqs.url,
         sqs_by = stack.sqs.by,
-        table = stack::TABLE_NAME,
+        table = stack
+            .env
+            .iter()
+            .find(|(name, _)| name == "TABLE_NAME")
+            .map_or(stack::TABLE_NAME, |(_, table)| table),
         queue = stack.queue_url,
         sim = stack
             .simulator_url
@@ -505,25 +575,25 @@ async fn test(args: &[String]) -> Result<()> {
 
     let nextest = has_nextest();
     let (runs, on) = match emulator {
-        Emulator::Ministack => (2, "ministack (DynamoDB + SQS)"),
+        Emulator::Ministack => (3, "ministack (DynamoDB + SQS)"),
         Emulator::LocalStack { .. } => (1, "LocalStack"),
+        Emulator::Deployed => (1, "template.yaml deployed into ministack"),
     };
-    println!(
-        "\nxtask: ===== run 1/{runs}: every test, then the fault-injection suite, on {on} ====="
-    );
+    println!("\nxtask: ===== run 1/{runs}: every test, then the OpenAPI check, on {on} =====");
     // Everything but the fault-injection suite (it is #[ignore]d: it changes the
-    // simulator's global settings and kills processes), then that suite alone.
+    // simulator's global settings and kills delivery processes, whose crash only
+    // a deployed stack recovers from as AWS does: fresh execution environments).
     let suites = if nextest {
         cargo(&["nextest", "run", "--workspace", "--no-fail-fast"])
     } else {
         cargo(&["test", "--workspace", "--no-fail-fast"])
     };
     let logs = root.join("target/xtask/logs");
-    let commands = vec![
-        (None, suites),
-        (Some("fault-injection suite"), fault_suite(nextest)),
-        (Some("OpenAPI check (openapi.yaml)"), openapi::test_step()?),
-    ];
+    let mut commands = vec![(None, suites)];
+    if emulator == Emulator::Deployed {
+        commands.push((Some("fault-injection suite"), fault_suite(nextest)));
+    }
+    commands.push((Some("OpenAPI check (openapi.yaml)"), openapi::test_step()?));
     if let Err(e) = tests_on_stack(&root, &tools, &logs, emulator, commands).await {
         eprintln!(
             "xtask: tests failed: {e:#}\nxtask: service logs are in {}",
@@ -537,16 +607,12 @@ async fn test(args: &[String]) -> Result<()> {
         // pinned) LocalStack, so that a difference between the emulators fails a
         // test. DynamoDB stays on ministack (see stack.rs).
         println!(
-            "\nxtask: ===== run 2/2: the integration and end-to-end suites, SQS on LocalStack, DynamoDB on ministack ====="
+            "\nxtask: ===== run 2/3: the integration and end-to-end suites, SQS on LocalStack, DynamoDB on ministack ====="
         );
         let installed = install
             .join()
             .unwrap_or_else(|_| Err(anyhow!("installing LocalStack panicked")));
-        let suites = if nextest {
-            cargo(&["nextest", "run", "-p", "e2e-tests", "--no-fail-fast"])
-        } else {
-            cargo(&["test", "-p", "e2e-tests", "--no-fail-fast"])
-        };
+        let suites = e2e_suites(nextest);
         let logs = root.join("target/xtask/logs-localstack");
         let localstack = Emulator::LocalStack { reuse: false };
         let result = match installed {
@@ -559,6 +625,25 @@ async fn test(args: &[String]) -> Result<()> {
                 logs.display()
             );
             failures.push("tests with SQS on LocalStack".into());
+        }
+
+        // The template itself, deployed into ministack: the functions as its
+        // Lambda functions behind its HTTP API, delivery under its event source
+        // mapping.
+        println!(
+            "\nxtask: ===== run 3/3: the integration and end-to-end suites, then the fault-injection suite, on template.yaml deployed into ministack ====="
+        );
+        let logs = root.join("target/xtask/logs-deployed");
+        let commands = vec![
+            (None, deployed_e2e_suites(nextest)),
+            (Some("fault-injection suite"), fault_suite(nextest)),
+        ];
+        if let Err(e) = tests_on_stack(&root, &tools, &logs, Emulator::Deployed, commands).await {
+            eprintln!(
+                "xtask: tests on the deployed stack failed: {e:#}\nxtask: service logs are in {}",
+                logs.display()
+            );
+            failures.push("tests on the deployed stack".into());
         }
 
         // The functions under AWS SAM: `sam local invoke` with every fixture and

@@ -29,7 +29,7 @@ use crate::template::{self, Infrastructure, QueueSpec};
 pub const TABLE_NAME: &str = "messages";
 pub const QUEUE_NAME: &str = "messages";
 pub const DLQ_NAME: &str = "messages-dlq";
-const REGION: &str = "us-east-1";
+pub(crate) const REGION: &str = "us-east-1";
 /// What the stack's ministack serves: the table and queues, and the provider
 /// credentials' Secrets Manager secret or SSM parameters (tests/tests/secrets.rs).
 const MINISTACK_SERVICES: &str = "sqs,dynamodb,secretsmanager,ssm";
@@ -65,16 +65,24 @@ pub enum Emulator {
     /// as it is, for DynamoDB too when it offers it; otherwise, and always without
     /// `reuse`, the pinned LocalStack from `.local/localstack-venv` is started.
     LocalStack { reuse: bool },
+    /// ministack hosting template.yaml itself, deployed as a CloudFormation
+    /// stack: the functions run as its Lambda functions (`deployed.rs`), not
+    /// under `cargo lambda watch` and the SQS bridge.
+    Deployed,
 }
 
 impl Emulator {
-    /// `--emulator ministack|localstack` among `args`; `args` must hold nothing else.
+    /// `--emulator ministack|localstack` or `--deployed` among `args`; `args` must
+    /// hold nothing else.
     pub fn from_args(args: &[String]) -> Result<Self> {
         match args {
             [] => Ok(Self::Ministack),
+            [flag] if flag == "--deployed" => Ok(Self::Deployed),
             [flag, name] if flag == "--emulator" => Self::parse(name),
             [arg] if arg.starts_with("--emulator=") => Self::parse(&arg["--emulator=".len()..]),
-            _ => bail!("expected nothing or --emulator ministack|localstack, got {args:?}"),
+            _ => bail!(
+                "expected nothing, --emulator ministack|localstack or --deployed, got {args:?}"
+            ),
         }
     }
 
@@ -106,7 +114,7 @@ impl Ports {
     pub fn fixed_for(emulator: Emulator) -> Self {
         Self {
             emulator: match emulator {
-                Emulator::Ministack => 4566,
+                Emulator::Ministack | Emulator::Deployed => 4566,
                 Emulator::LocalStack { .. } => 4567,
             },
             localstack: 4566,
@@ -149,11 +157,13 @@ pub struct Options {
 }
 
 pub struct Stack {
-    services: Vec<Service>,
+    pub(crate) services: Vec<Service>,
     /// Queues to delete when the stack stops.
-    temporary_queues: Option<(aws_sdk_sqs::Client, Vec<String>)>,
+    pub(crate) temporary_queues: Option<(aws_sdk_sqs::Client, Vec<String>)>,
     /// Directories to remove when the stack stops.
-    scratch: Vec<PathBuf>,
+    pub(crate) scratch: Vec<PathBuf>,
+    /// The CloudFormation stack, when template.yaml is deployed (`deployed.rs`).
+    pub deployment: Option<crate::deployed::Deployment>,
     /// Environment that reaches the stack: AWS endpoints, names, URLs.
     pub env: Vec<(String, String)>,
     pub api_url: String,
@@ -177,7 +187,7 @@ pub struct Endpoint {
     pub external: bool,
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -268,12 +278,12 @@ async fn probe_localstack(url: &str) -> Probe {
     }
 }
 
-/// Starts ministack serving `aws_services` on `port` (or uses an emulator already
-/// listening there); returns its URL.
-async fn start_ministack(
+/// Starts ministack serving `aws_services` (all it has: `None`) on `port`, or uses
+/// an emulator already listening there; returns its URL.
+pub(crate) async fn start_ministack(
     tools: &Tools,
     port: u16,
-    aws_services: &str,
+    aws_services: Option<&str>,
     sink: &LogSink,
     services: &mut Vec<Service>,
 ) -> Result<String> {
@@ -286,7 +296,17 @@ async fn start_ministack(
     emulator
         .env("BIND_HOST", "127.0.0.1")
         .env("GATEWAY_PORT", port.to_string())
-        .env("SERVICES", aws_services);
+        // The functions it runs (a deployed stack) inherit its environment: they
+        // call this emulator, and never the caller's provider credentials.
+        .env("AWS_ENDPOINT_URL", &url)
+        .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
+        .env_remove("AWS_ENDPOINT_URL_SQS");
+    for name in CREDENTIAL_VARIABLES {
+        emulator.env_remove(name);
+    }
+    if let Some(aws_services) = aws_services {
+        emulator.env("SERVICES", aws_services);
+    }
     let (service, _) = Service::start("emulator", emulator, sink, None, Duration::ZERO).await?;
     services.push(service);
     wait_for_port(
@@ -432,11 +452,18 @@ async fn start_emulators(
     };
     let reuse = match emulator {
         Emulator::Ministack => {
-            let url =
-                start_ministack(tools, ports.emulator, MINISTACK_SERVICES, sink, services).await?;
+            let url = start_ministack(
+                tools,
+                ports.emulator,
+                Some(MINISTACK_SERVICES),
+                sink,
+                services,
+            )
+            .await?;
             return Ok((endpoint(&url, "ministack"), endpoint(&url, "ministack")));
         }
         Emulator::LocalStack { reuse } => reuse,
+        Emulator::Deployed => bail!("a deployed stack starts its emulator itself"),
     };
     // A LocalStack the user runs (Docker, `localstack start`): at AWS_ENDPOINT_URL,
     // or else on LocalStack's port.
@@ -491,8 +518,14 @@ async fn start_emulators(
         }
     };
     // Everything but SQS stays on ministack, at AWS_ENDPOINT_URL (SQS there is idle).
-    let dynamodb =
-        start_ministack(tools, ports.emulator, MINISTACK_SERVICES, sink, services).await?;
+    let dynamodb = start_ministack(
+        tools,
+        ports.emulator,
+        Some(MINISTACK_SERVICES),
+        sink,
+        services,
+    )
+    .await?;
     println!(
         "xtask: SQS on LocalStack ({}), DynamoDB stays on ministack ({dynamodb}): {note}",
         sqs.url
@@ -512,6 +545,9 @@ impl Stack {
         options: Options,
         emulator: Emulator,
     ) -> Result<Self> {
+        if emulator == Emulator::Deployed {
+            return crate::deployed::start(root, tools, options).await;
+        }
         let Options {
             ports,
             sink,
@@ -602,91 +638,25 @@ impl Stack {
             );
             None
         } else {
-            let mut sim = Command::new(bin_dir.join("provider-sim"));
-            sim.args(["--addr", &format!("127.0.0.1:{}", ports.simulator)]);
-            // The simulator reports delivery like the real providers: Twilio
-            // status callbacks to the StatusCallback URL each message names, and
-            // signed SendGrid events to the events webhook.
-            if provider_reports {
-                sim.args([
-                    "--sendgrid-events-url",
-                    &format!("http://127.0.0.1:{}/webhooks/sendgrid/events", ports.api),
-                ]);
-            }
-            sim.args([
-                "--twilio-account-sid",
-                TWILIO_SID,
-                "--twilio-auth-token",
-                TWILIO_TOKEN,
-            ])
-            .args(["--sendgrid-api-key", SENDGRID_KEY]);
-            for name in CREDENTIAL_VARIABLES {
-                sim.env_remove(name);
-            }
-            let (service, line) = Service::start(
-                "provider-sim",
-                sim,
-                &sink,
-                Some("listening on "),
-                Duration::from_secs(20),
-            )
-            .await?;
+            let events = provider_reports
+                .then(|| format!("http://127.0.0.1:{}/webhooks/sendgrid/events", ports.api));
+            let (service, url) =
+                start_simulator(&bin_dir, ports.simulator, events.as_deref(), &sink).await?;
             services.push(service);
-            let url = line
-                .and_then(|l| l.split("listening on ").nth(1).map(|u| u.trim().to_owned()))
-                .ok_or_else(|| anyhow!("provider-sim did not say where it listens"))?;
-            // The credentials reach the delivery function the way they do on AWS:
-            // from a Secrets Manager secret (here, the emulator's).
-            let secrets = aws_config(&dynamodb.url).await;
-            crate::secrets::seed_provider_secret(
-                &secrets,
-                PROVIDER_SECRET,
-                TWILIO_SID,
-                TWILIO_TOKEN,
-                SENDGRID_KEY,
-            )
-            .await?;
-            crate::secrets::seed_webhook_secret(
-                &secrets,
-                WEBHOOK_SECRET,
-                TWILIO_TOKEN,
-                SENDGRID_INBOUND_BASIC_AUTH,
-            )
-            .await?;
-            for (name, value) in [
-                ("TWILIO_API_URL", url.as_str()),
-                ("SENDGRID_API_URL", url.as_str()),
-                ("PROVIDER_SECRET_ID", PROVIDER_SECRET),
-                ("WEBHOOK_SECRET_ID", WEBHOOK_SECRET),
-                (
-                    "SENDGRID_WEBHOOK_PUBLIC_KEY",
-                    provider_sim::DEV_SENDGRID_PUBLIC_KEY,
-                ),
-            ] {
-                env.push((name.into(), value.into()));
-            }
+            seed_secrets(&aws_config(&dynamodb.url).await).await?;
+            env.extend(simulator_env(&url));
             Some(url)
         };
         // The webhooks: the URL Twilio is asked to report to, the Inbound Parse
         // credentials (read from the webhooks' secret when the simulator runs;
         // the tests send them); and the cursor key, from its secret as on AWS.
-        crate::secrets::seed_secret(&aws_config(&dynamodb.url).await, CURSOR_SECRET, CURSOR_KEY)
-            .await?;
         if provider_reports {
             env.push((
                 "TWILIO_STATUS_CALLBACK_URL".into(),
                 format!("http://127.0.0.1:{}/webhooks/twilio/status", ports.api),
             ));
         }
-        for (name, value) in [
-            (
-                "SENDGRID_INBOUND_BASIC_AUTH",
-                SENDGRID_INBOUND_BASIC_AUTH.to_owned(),
-            ),
-            ("CURSOR_SECRET_ID", CURSOR_SECRET.to_owned()),
-        ] {
-            env.push((name.into(), value));
-        }
+        seed_cursor_secret(&aws_config(&dynamodb.url).await, &mut env).await?;
         env.extend(function_env);
 
         // The functions, behind the router in Cargo.toml.
@@ -717,18 +687,17 @@ impl Stack {
         services.push(service);
         wait_for_port("cargo lambda watch", ports.api, Duration::from_secs(60)).await?;
 
-        // The SQS -> delivery function event source mapping. The bridge runs the
-        // delivery function itself behind a Lambda Runtime API, so that a crashed
-        // or timed-out invocation fails its batch and the next one gets a fresh
-        // process, as on AWS (cargo lambda watch does not restart a killed function).
+        // The SQS -> delivery function event source mapping: the bridge invokes
+        // the delivery function through `cargo lambda watch`. (A crash's fresh
+        // execution environment, which watch does not give, is the deployed
+        // stack's: the fault-injection suite runs there.)
         let mut bridge = Command::new(bin_dir.join("sqs-bridge"));
         bridge
             .args(["--queue-url", &queue_url])
             .args([
-                "--function-binary",
-                &bin_dir.join("delivery").to_string_lossy(),
+                "--invoke-url",
+                &format!("{api_url}/2015-03-31/functions/delivery/invocations"),
             ])
-            .args(["--function-timeout", &infra.delivery_timeout.to_string()])
             .args(["--pollers", &concurrency.to_string()])
             .envs(env.iter().map(|(k, v)| (k, v)));
         if simulator_url.is_some() {
@@ -754,6 +723,7 @@ impl Stack {
             api_url,
             simulator_url,
             emulator_url: dynamodb.url.clone(),
+            deployment: None,
             dynamodb,
             sqs,
             queue_url,
@@ -780,9 +750,21 @@ impl Stack {
             .unwrap_or_default()
     }
 
-    /// Starts every HTTP function once (answers 404, 422 or 403), so
+    /// Where the delivery function is invoked directly (Lambda's Invoke API):
+    /// the emulator's Lambda for a deployed stack, else `cargo lambda watch`.
+    fn delivery_invoke_url(&self) -> String {
+        match &self.deployment {
+            Some(d) => format!(
+                "{}/2015-03-31/functions/{}/invocations",
+                self.emulator_url, d.delivery_function
+            ),
+            None => format!("{}/2015-03-31/functions/delivery/invocations", self.api_url),
+        }
+    }
+
+    /// Starts every function once (the HTTP ones answer 404, 422 or 403), so
     /// start-up problems show here rather than in the first test.
-    async fn warm_up(&mut self) -> Result<()> {
+    pub(crate) async fn warm_up(&mut self) -> Result<()> {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
@@ -820,7 +802,7 @@ impl Stack {
             ),
             (
                 client
-                    .post(format!("{api}/2015-03-31/functions/delivery/invocations"))
+                    .post(self.delivery_invoke_url())
                     .json(&serde_json::json!({"Records": []})),
                 200,
             ),
@@ -873,6 +855,100 @@ impl Stack {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Starts the provider simulator on 127.0.0.1:`port` (0: any free port), posting
+/// signed SendGrid events to `events_url`; returns it and its URL.
+pub(crate) async fn start_simulator(
+    bin_dir: &Path,
+    port: u16,
+    events_url: Option<&str>,
+    sink: &LogSink,
+) -> Result<(Service, String)> {
+    let mut sim = Command::new(bin_dir.join("provider-sim"));
+    sim.args(["--addr", &format!("127.0.0.1:{port}")]);
+    // The simulator reports delivery like the real providers: Twilio status
+    // callbacks to the StatusCallback URL each message names, and signed SendGrid
+    // events to the events webhook.
+    if let Some(url) = events_url {
+        sim.args(["--sendgrid-events-url", url]);
+    }
+    sim.args([
+        "--twilio-account-sid",
+        TWILIO_SID,
+        "--twilio-auth-token",
+        TWILIO_TOKEN,
+    ])
+    .args(["--sendgrid-api-key", SENDGRID_KEY]);
+    for name in CREDENTIAL_VARIABLES {
+        sim.env_remove(name);
+    }
+    let (service, line) = Service::start(
+        "provider-sim",
+        sim,
+        sink,
+        Some("listening on "),
+        Duration::from_secs(20),
+    )
+    .await?;
+    let url = line
+        .and_then(|l| l.split("listening on ").nth(1).map(|u| u.trim().to_owned()))
+        .ok_or_else(|| anyhow!("provider-sim did not say where it listens"))?;
+    Ok((service, url))
+}
+
+/// The stack's secrets in the emulator's Secrets Manager, as they are on AWS: the
+/// simulated providers' credentials and the webhooks' secret.
+pub(crate) async fn seed_secrets(aws: &aws_config::SdkConfig) -> Result<()> {
+    crate::secrets::seed_provider_secret(
+        aws,
+        PROVIDER_SECRET,
+        TWILIO_SID,
+        TWILIO_TOKEN,
+        SENDGRID_KEY,
+    )
+    .await?;
+    crate::secrets::seed_webhook_secret(
+        aws,
+        WEBHOOK_SECRET,
+        TWILIO_TOKEN,
+        SENDGRID_INBOUND_BASIC_AUTH,
+    )
+    .await
+}
+
+/// The cursor key's secret, and what the functions need to find it and the
+/// Inbound Parse credentials the tests send.
+pub(crate) async fn seed_cursor_secret(
+    aws: &aws_config::SdkConfig,
+    env: &mut Vec<(String, String)>,
+) -> Result<()> {
+    crate::secrets::seed_secret(aws, CURSOR_SECRET, CURSOR_KEY).await?;
+    for (name, value) in [
+        ("SENDGRID_INBOUND_BASIC_AUTH", SENDGRID_INBOUND_BASIC_AUTH),
+        ("CURSOR_SECRET_ID", CURSOR_SECRET),
+    ] {
+        env.push((name.into(), value.into()));
+    }
+    Ok(())
+}
+
+/// What the functions (and the tests that run their code) need to call the
+/// simulator at `url` and read the stack's secrets.
+pub(crate) fn simulator_env(url: &str) -> Vec<(String, String)> {
+    [
+        ("TWILIO_API_URL", url),
+        ("SENDGRID_API_URL", url),
+        ("PROVIDER_SECRET_ID", PROVIDER_SECRET),
+        ("WEBHOOK_SECRET_ID", WEBHOOK_SECRET),
+        (
+            "SENDGRID_WEBHOOK_PUBLIC_KEY",
+            provider_sim::DEV_SENDGRID_PUBLIC_KEY,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .collect()
 }
 
 async fn create_table(client: &aws_sdk_dynamodb::Client, infra: &Infrastructure) -> Result<()> {

@@ -9,7 +9,6 @@ use serde_norway::Value;
 pub const TABLE: &str = "MessagesTable";
 pub const QUEUE: &str = "MessagesQueue";
 pub const DEAD_LETTER_QUEUE: &str = "DeadLetterQueue";
-pub const DELIVERY_FUNCTION: &str = "DeliveryFunction";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableSpec {
@@ -41,9 +40,6 @@ pub struct Infrastructure {
     pub table: TableSpec,
     pub queue: QueueSpec,
     pub dead_letter_queue: QueueSpec,
-    /// Timeout (seconds) of the delivery function, which the local event source
-    /// mapping enforces like Lambda does.
-    pub delivery_timeout: i64,
 }
 
 pub fn load(path: &Path) -> Result<Infrastructure> {
@@ -102,10 +98,6 @@ pub fn parse(text: &str) -> Result<Infrastructure> {
         },
         queue: queue_spec(queue)?,
         dead_letter_queue: queue_spec(dlq)?,
-        delivery_timeout: resources[DELIVERY_FUNCTION]["Properties"]["Timeout"]
-            .as_i64()
-            .or_else(|| doc["Globals"]["Function"]["Timeout"].as_i64())
-            .unwrap_or(3),
     };
     if infra.table.key_schema.is_empty() {
         bail!("template.yaml: {TABLE} has no KeySchema");
@@ -175,7 +167,6 @@ mod tests {
         assert_eq!(infra.queue.redrive, Some((DEAD_LETTER_QUEUE.to_owned(), 5)));
         assert_eq!(infra.queue.visibility_timeout, Some(180));
         assert_eq!(infra.dead_letter_queue.redrive, None);
-        assert_eq!(infra.delivery_timeout, 30);
     }
 
     #[test]
