@@ -2,8 +2,8 @@
 //! local stack. Prints a table (min / median / max over repeated runs) and writes it
 //! into BENCHMARKS.md between the `bench:begin` / `bench:end` markers.
 //!
-//! 1. cold start of each function: its binary behind the bridge's Runtime API host
-//!    (`sqs_bridge::runtime::Worker::invoke_timed`): spawn → first `/next` (init),
+//! 1. cold start of each function: its binary behind a minimal Runtime API
+//!    (`coldstart.rs`): spawn → first `/next` (init),
 //!    `/next` → response (first invocation), and a second, warm invocation;
 //! 2. handler overhead without storage or queue: the criterion benches in
 //!    `benches/src/handlers.rs`;
@@ -28,7 +28,6 @@ use serde_json::{Value, json};
 use shared::adapters::dynamodb::DynamoDbStore;
 use shared::adapters::sqs::encode_body;
 use shared::domain::{Direction, Message, validate_outbound};
-use sqs_bridge::runtime::Worker;
 use tokio::process::Command;
 
 use crate::process::{LogSink, Service};
@@ -926,28 +925,19 @@ async fn cold_start_child(args: &[String]) -> Result<()> {
     )?;
     let mut runs = Vec::new();
     for pair in events.chunks(2) {
-        let mut worker = Worker::start(binary, Duration::from_secs(30))
-            .await
-            .with_context(|| format!("starting the runtime API for {binary}"))?;
         let started = Instant::now();
-        let (response, cold) = worker
-            .invoke_timed(&pair[0])
+        let mut function = crate::coldstart::Function::start(Path::new(binary), pair.to_vec())
             .await
-            .map_err(|e| anyhow!("cold invocation: {e}"))?;
+            .with_context(|| format!("starting {binary} behind a Runtime API"))?;
+        let (response, cold) = function.invoke().await.context("cold invocation")?;
         let total = started.elapsed();
-        let pid = worker.pid();
-        let warm = match pair.get(1) {
-            Some(event) => Some(
-                worker
-                    .invoke_timed(event)
-                    .await
-                    .map_err(|e| anyhow!("warm invocation: {e}"))?
-                    .1,
-            ),
-            None => None,
+        let pid = function.pid();
+        let warm = match pair.len() {
+            2 => Some(function.invoke().await.context("warm invocation")?.1),
+            _ => None,
         };
         let hwm = pid.and_then(vm_hwm_kib);
-        worker.shutdown().await;
+        function.stop().await;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         runs.push(json!({
             "init_ms": cold.init.map(ms),

@@ -2,6 +2,7 @@
 //! runs every check and test against a fresh one.
 
 mod bench;
+mod coldstart;
 mod deployed;
 mod keys;
 mod openapi;

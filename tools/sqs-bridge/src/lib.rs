@@ -2,15 +2,13 @@
 //! `ReportBatchItemFailures`: receive from a queue, invoke a function, delete only the
 //! messages the function did not report as failed.
 //!
-//! The function is invoked either over the Lambda Invoke API (`--invoke-url`, e.g.
-//! `cargo lambda watch`) or by hosting its binary directly through the Lambda Runtime API
-//! (`--function-binary`, see [`runtime`]), which models crashes and timeouts like AWS.
-
-pub mod runtime;
+//! The function is invoked over the Lambda Invoke API (`--invoke-url`: `cargo lambda
+//! watch` in the local stack). What this leaves out of the real mapping, a fresh
+//! execution environment after a crash or a timeout, is what the deployed stack
+//! (`cargo xtask dev --deployed`) has: the emulator's own event source mapping.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +29,6 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::runtime::Worker;
-
 /// Lambda's maximum function timeout.
 const INVOKE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Pause after a connection error (the function server or emulator may still be starting).
@@ -42,40 +38,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// DeleteMessageBatch accepts at most ten entries.
 const DELETE_CHUNK: usize = 10;
 
-pub const USAGE: &str = "usage: sqs-bridge --queue-url URL \
-(--invoke-url URL | --function-binary PATH [--function-timeout 1..=900]) \
+pub const USAGE: &str = "usage: sqs-bridge --queue-url URL --invoke-url URL \
 [--batch-size 1..=10] [--wait-seconds 0..=20] [--pollers 1..=64]
   --invoke-url       POST each batch to this Lambda Invoke API URL (e.g. cargo lambda watch)
-  --function-binary  run this Lambda binary per poller behind a local Runtime API; a crash
-                     or timeout fails the batch and the next batch gets a fresh process
-  --function-timeout seconds before a running invocation is killed (default 30)
-env fallbacks: QUEUE_URL, BRIDGE_INVOKE_URL, BRIDGE_FUNCTION_BINARY, \
-BRIDGE_FUNCTION_TIMEOUT, BRIDGE_BATCH_SIZE (default 10), BRIDGE_WAIT_SECONDS (default 1), \
-BRIDGE_POLLERS (default 2); exactly one of --invoke-url / --function-binary (flags take \
-precedence over the environment)";
-
-/// How batches reach the function.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// POST to a Lambda Invoke API URL.
-    InvokeUrl(String),
-    /// Host the function binary through the Lambda Runtime API, one process per poller.
-    Function { binary: PathBuf, timeout: Duration },
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InvokeUrl(url) => f.write_str(url),
-            Self::Function { binary, .. } => write!(f, "function {}", binary.display()),
-        }
-    }
-}
+env fallbacks: QUEUE_URL, BRIDGE_INVOKE_URL, BRIDGE_BATCH_SIZE (default 10), \
+BRIDGE_WAIT_SECONDS (default 1), BRIDGE_POLLERS (default 2); flags take precedence \
+over the environment";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub queue_url: String,
-    pub target: Target,
+    /// The Lambda Invoke API URL each batch is POSTed to.
+    pub invoke_url: String,
     pub batch_size: i32,
     pub wait_seconds: i32,
     pub pollers: usize,
@@ -87,11 +61,9 @@ impl Config {
         args: impl IntoIterator<Item = String>,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Self> {
-        let mut flags: [(&str, &str, Option<String>); 7] = [
+        let mut flags: [(&str, &str, Option<String>); 5] = [
             ("--queue-url", "QUEUE_URL", None),
             ("--invoke-url", "BRIDGE_INVOKE_URL", None),
-            ("--function-binary", "BRIDGE_FUNCTION_BINARY", None),
-            ("--function-timeout", "BRIDGE_FUNCTION_TIMEOUT", None),
             ("--batch-size", "BRIDGE_BATCH_SIZE", None),
             ("--wait-seconds", "BRIDGE_WAIT_SECONDS", None),
             ("--pollers", "BRIDGE_POLLERS", None),
@@ -108,26 +80,8 @@ impl Config {
             let value = inline.or_else(|| args.next());
             slot.2 = Some(value.with_context(|| format!("{name} needs a value"))?);
         }
-        let non_empty = |value: &Option<String>| value.as_ref().is_some_and(|v| !v.is_empty());
-        // The mode comes from the flags if any mode flag was given, else from the env.
-        let mode_from_flags = non_empty(&flags[1].2) || non_empty(&flags[2].2);
-        let [
-            queue_url,
-            invoke_url,
-            function_binary,
-            function_timeout,
-            batch_size,
-            wait_seconds,
-            pollers,
-        ] = flags.map(|(flag, var, value)| {
-            let is_mode = flag == "--invoke-url" || flag == "--function-binary";
-            let value = if is_mode && mode_from_flags {
-                value
-            } else {
-                value.or_else(|| env(var))
-            };
-            (flag, value.filter(|v| !v.is_empty()))
-        });
+        let [queue_url, invoke_url, batch_size, wait_seconds, pollers] = flags
+            .map(|(flag, var, value)| (flag, value.or_else(|| env(var)).filter(|v| !v.is_empty())));
         let required = |(flag, value): (&str, Option<String>)| {
             value
                 .filter(|v| !v.is_empty())
@@ -142,20 +96,9 @@ impl Config {
                 _ => bail!("{flag} must be an integer in {min}..={max}, got {raw:?}"),
             }
         };
-        let target = match (invoke_url.1, function_binary.1) {
-            (Some(_), Some(_)) => {
-                bail!("--invoke-url and --function-binary are mutually exclusive")
-            }
-            (Some(url), None) => Target::InvokeUrl(url),
-            (None, Some(binary)) => Target::Function {
-                binary: PathBuf::from(binary),
-                timeout: Duration::from_secs(u64::try_from(number(function_timeout, 30, 1, 900)?)?),
-            },
-            (None, None) => bail!("--invoke-url or --function-binary is required"),
-        };
         Ok(Self {
             queue_url: required(queue_url)?,
-            target,
+            invoke_url: required(invoke_url)?,
             batch_size: i32::try_from(number(batch_size, 10, 1, 10)?)?,
             wait_seconds: i32::try_from(number(wait_seconds, 1, 0, 20)?)?,
             pollers: usize::try_from(number(pollers, 2, 1, 64)?)?,
@@ -296,6 +239,7 @@ fn base64(blob: &Blob) -> String {
 struct Bridge {
     config: Config,
     sqs: aws_sdk_sqs::Client,
+    http: reqwest::Client,
     arn: String,
     region: String,
 }
@@ -314,40 +258,6 @@ impl InvokeFailed {
             what: what.into(),
             detail: detail.to_string(),
             back_off: false,
-        }
-    }
-}
-
-/// How one poller invokes the function.
-enum Invoker {
-    /// POST to the Lambda Invoke API.
-    Http {
-        client: reqwest::Client,
-        url: String,
-    },
-    /// A locally hosted execution environment of the function binary.
-    Function(Box<Worker>),
-}
-
-impl Invoker {
-    /// The response body of a successful invocation.
-    async fn invoke(&mut self, event: &Value) -> Result<Vec<u8>, InvokeFailed> {
-        match self {
-            Self::Http { client, url } => invoke_http(client, url, event).await,
-            Self::Function(worker) => match worker.invoke(event).await {
-                Ok(response) => Ok(serde_json::to_vec(&response).unwrap_or_default()),
-                Err(e) => Err(InvokeFailed {
-                    back_off: e.is_start_failure(),
-                    ..InvokeFailed::new("function error", e)
-                }),
-            },
-        }
-    }
-
-    async fn shutdown(self) {
-        match self {
-            Self::Http { .. } => {}
-            Self::Function(worker) => worker.shutdown().await,
         }
     }
 }
@@ -409,37 +319,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .region()
         .map_or_else(|| "us-east-1".to_owned(), ToString::to_string);
     let arn = queue_arn(&config.queue_url, &region)?;
-    let mut invokers = Vec::with_capacity(config.pollers);
-    match &config.target {
-        Target::InvokeUrl(url) => {
-            let client = reqwest::Client::builder()
-                .timeout(INVOKE_TIMEOUT)
-                .build()
-                .context("building HTTP client")?;
-            invokers.resize_with(config.pollers, || Invoker::Http {
-                client: client.clone(),
-                url: url.clone(),
-            });
-        }
-        Target::Function { binary, timeout } => {
-            let binary = std::path::absolute(binary)
-                .with_context(|| format!("function binary {}", binary.display()))?;
-            runtime::check_binary(&binary)
-                .with_context(|| format!("function binary {}", binary.display()))?;
-            for _ in 0..config.pollers {
-                let worker = Worker::start(&binary, *timeout)
-                    .await
-                    .context("starting the Lambda Runtime API server")?;
-                invokers.push(Invoker::Function(Box::new(worker.with_region(&region))));
-            }
-        }
-    }
+    let http = reqwest::Client::builder()
+        .timeout(INVOKE_TIMEOUT)
+        .build()
+        .context("building HTTP client")?;
     println!(
         "sqs-bridge polling {} -> {}",
-        config.queue_url, config.target
+        config.queue_url, config.invoke_url
     );
     let bridge = Arc::new(Bridge {
         sqs: aws_sdk_sqs::Client::new(&sdk_config),
+        http,
         arn,
         region,
         config,
@@ -447,32 +337,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut pollers = JoinSet::new();
-    for invoker in invokers {
-        pollers.spawn(poll(Arc::clone(&bridge), invoker, stop_rx.clone()));
+    for _ in 0..bridge.config.pollers {
+        pollers.spawn(poll(Arc::clone(&bridge), stop_rx.clone()));
     }
     shutdown.await;
     info!("shutting down; waiting for in-flight batches");
     stop_tx.send_replace(true);
-    let mut finished = Vec::new();
     let drain = async {
         while let Some(joined) = pollers.join_next().await {
-            match joined {
-                Ok(invoker) => finished.push(invoker),
-                Err(e) => warn!("poller task failed: {e}"),
+            if let Err(e) = joined {
+                warn!("poller task failed: {e}");
             }
         }
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         warn!("in-flight batches still running after {SHUTDOWN_GRACE:?}; abandoning them");
-        // Dropping an abandoned poller's worker kills its function process.
         pollers.abort_all();
         while pollers.join_next().await.is_some() {}
     }
-    let mut stopping = JoinSet::new();
-    for invoker in finished {
-        stopping.spawn(invoker.shutdown());
-    }
-    stopping.join_all().await;
     Ok(())
 }
 
@@ -490,12 +372,8 @@ async fn pause_unless_stopped(stop: &mut watch::Receiver<bool>, pause: Duration)
     }
 }
 
-/// One poller: receive, invoke, delete, until stopped. Returns its invoker for shutdown.
-async fn poll(
-    bridge: Arc<Bridge>,
-    mut invoker: Invoker,
-    mut stop: watch::Receiver<bool>,
-) -> Invoker {
+/// One poller: receive, invoke, delete, until stopped.
+async fn poll(bridge: Arc<Bridge>, mut stop: watch::Receiver<bool>) {
     let config = &bridge.config;
     while !*stop.borrow() {
         let request = bridge
@@ -521,20 +399,19 @@ async fn poll(
                 break;
             }
         };
-        if !messages.is_empty() && !bridge.process(&mut invoker, &messages).await {
+        if !messages.is_empty() && !bridge.process(&messages).await {
             pause_unless_stopped(&mut stop, RETRY_PAUSE).await;
         }
     }
-    invoker
 }
 
 impl Bridge {
     /// Invokes the function with one batch and deletes the successful messages.
     /// Returns `false` if the function could not be reached (caller backs off).
-    async fn process(&self, invoker: &mut Invoker, messages: &[Message]) -> bool {
+    async fn process(&self, messages: &[Message]) -> bool {
         let received = messages.len();
         let event = build_event(messages, &self.arn, &self.region);
-        let body = match invoker.invoke(&event).await {
+        let body = match invoke_http(&self.http, &self.config.invoke_url, &event).await {
             Ok(body) => body,
             Err(InvokeFailed {
                 what,
@@ -755,54 +632,17 @@ mod tests {
         let args = ["--invoke-url", "http://flag", "--batch-size=5"].map(String::from);
         let config = Config::from_args(args, env).unwrap();
         assert_eq!(config.queue_url, "http://q/0/x");
-        assert_eq!(config.target, Target::InvokeUrl("http://flag".to_owned()));
+        assert_eq!(config.invoke_url, "http://flag");
         assert_eq!(
             (config.batch_size, config.wait_seconds, config.pollers),
             (5, 1, 4)
         );
         assert!(Config::from_args(["--batch-size=11".to_owned()], env).is_err());
         assert!(Config::from_args([], |_| None).is_err());
-    }
-
-    #[test]
-    fn function_binary_mode() {
-        let queue = |k: &str| (k == "QUEUE_URL").then(|| "http://q/0/x".to_owned());
-        let parse = |args: &[&str], env: &dyn Fn(&str) -> Option<String>| {
-            Config::from_args(args.iter().map(|a| (*a).to_owned()), env)
-        };
-        let function = |binary: &str, secs: u64| Target::Function {
-            binary: PathBuf::from(binary),
-            timeout: Duration::from_secs(secs),
-        };
-
-        let config = parse(&["--function-binary", "target/debug/delivery"], &queue).unwrap();
-        assert_eq!(config.target, function("target/debug/delivery", 30));
-        assert_eq!(config.target.to_string(), "function target/debug/delivery");
-        let config = parse(&["--function-binary=f", "--function-timeout", "2"], &queue).unwrap();
-        assert_eq!(config.target, function("f", 2));
-        for bad in ["0", "901", "x"] {
-            let args = ["--function-binary=f", "--function-timeout", bad];
-            assert!(parse(&args, &queue).is_err(), "{bad}");
-        }
-
-        // Exactly one mode.
-        let both = ["--function-binary=f", "--invoke-url=http://x"];
-        assert!(parse(&both, &queue).is_err());
-        assert!(parse(&[], &queue).is_err());
-        let env = |k: &str| match k {
-            "BRIDGE_FUNCTION_BINARY" => Some("/env/f".to_owned()),
-            "BRIDGE_FUNCTION_TIMEOUT" => Some("5".to_owned()),
-            "BRIDGE_INVOKE_URL" => Some("http://env".to_owned()),
-            other => queue(other),
-        };
-        assert!(parse(&[], &env).is_err(), "both modes in the environment");
-        // A mode flag overrides both mode variables.
-        let config = parse(&["--invoke-url=http://flag"], &env).unwrap();
-        assert_eq!(config.target, Target::InvokeUrl("http://flag".to_owned()));
-        let config = parse(&["--function-binary=/flag/f"], &env).unwrap();
-        assert_eq!(config.target, function("/flag/f", 5));
-        let only_binary = |k: &str| (k != "BRIDGE_INVOKE_URL").then(|| env(k)).flatten();
-        let config = parse(&[], &only_binary).unwrap();
-        assert_eq!(config.target, function("/env/f", 5));
+        let no_url = |k: &str| (k == "QUEUE_URL").then(|| "http://q/0/x".to_owned());
+        assert!(
+            Config::from_args([], no_url).is_err(),
+            "--invoke-url is required"
+        );
     }
 }
