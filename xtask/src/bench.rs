@@ -1553,18 +1553,19 @@ async fn drain(
     env.set_provider_latency(config.latency_ms).await?;
     let provider_before = env.provider_requests().await?;
 
+    // The release delivery function under the stack's `cargo lambda watch --release`
+    // (as many instances as the API runs had), invoked by the bridge.
     let mut bridge = Command::new(build.binary("sqs-bridge"));
     bridge
         .args(["--queue-url", &queue_url])
-        .arg("--function-binary")
-        .arg(build.binary("delivery"))
-        .args(["--function-timeout", "30"])
+        .args([
+            "--invoke-url",
+            &format!("{}/2015-03-31/functions/delivery/invocations", env.api_url),
+        ])
         .args(["--pollers", &config.pollers.to_string()])
         .args(["--batch-size", &config.batch_size.to_string()])
         .args(["--wait-seconds", "1"])
-        .envs(env.vars.iter().map(|(k, v)| (k, v)))
-        // Retries (none expected) go back to this run's queue.
-        .env("QUEUE_URL", &queue_url);
+        .envs(env.vars.iter().map(|(k, v)| (k, v)));
     let (service, _) = Service::start(
         &format!("bench-bridge-{run}"),
         bridge,
@@ -1575,7 +1576,13 @@ async fn drain(
     .await?;
     let started = Instant::now();
     let cpu_before = cpu_snapshot();
-    let marker = format!("QUEUE_URL={queue_url}");
+    // The delivery processes watch runs: the stack's, with the sink as QUEUE_URL.
+    let marker = env
+        .vars
+        .iter()
+        .find(|(name, _)| name == "QUEUE_URL")
+        .map(|(name, value)| format!("{name}={value}"))
+        .unwrap_or_default();
     let exe = build.binary("delivery");
     let limit = Duration::from_secs(60 + config.messages as u64 / 10);
     let mut remaining = config.messages as u64;

@@ -206,7 +206,9 @@ def main():
             ApiId=api_id, RouteKey=route_key, Target=f"integrations/{integrations[logical_id]}"
         )
 
-    api_url = f"{args.endpoint}/_aws/execute-api/{api_id}/$default"
+    # The emulator's URL of the API's $default stage (the stage stays out of the
+    # path, as on AWS).
+    api_url = f"{args.endpoint}/_aws/execute-api/{api_id}"
     overlay = {k: v.replace("{api_url}", api_url) for k, v in pairs(args.environment).items()}
     names = {logical_id: resources[logical_id] for logical_id, _ in functions(template)}
     if overlay:
