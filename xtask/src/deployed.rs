@@ -18,8 +18,6 @@ use anyhow::{Context, Result, bail};
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde::Deserialize;
 
-use shared::domain::Scope;
-
 use crate::python::Tools;
 use crate::stack::{self, Endpoint, Options, Stack};
 
@@ -135,16 +133,7 @@ pub async fn start(root: &Path, tools: &Tools, options: Options) -> Result<Stack
         );
     }
 
-    let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
-    let keys = shared::adapters::dynamodb::DynamoDbStore::new(dynamodb, &table);
-    crate::keys::register(&keys, &api_key, "local stack", &Scope::ALL).await?;
-    crate::keys::register(
-        &keys,
-        crate::keys::FIXTURE_API_KEY,
-        "event fixtures",
-        &Scope::ALL,
-    )
-    .await?;
+    crate::keys::register_stack_keys(aws_sdk_dynamodb::Client::new(&aws), &table, &api_key).await?;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     if let Some(seconds) = visibility_timeout {
         sqs.set_queue_attributes()

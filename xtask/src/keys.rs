@@ -51,6 +51,18 @@ pub async fn register(
         .map_err(|e| anyhow!("registering API key {}: {e}", record.key_id))
 }
 
+/// Registers a local stack's keys in `table`: `api_key` (handed to the tests and
+/// the user) and the event fixtures' key, both with every scope.
+pub async fn register_stack_keys(
+    client: aws_sdk_dynamodb::Client,
+    table: &str,
+    api_key: &str,
+) -> Result<()> {
+    let store = DynamoDbStore::new(client, table);
+    register(&store, api_key, "local stack", &Scope::ALL).await?;
+    register(&store, FIXTURE_API_KEY, "event fixtures", &Scope::ALL).await
+}
+
 /// The development stack's key: `MESSAGING_API_KEY` if set (registered as
 /// given), else the one kept in `.local/dev-api-key`, created on first use.
 pub fn dev_key(root: &Path) -> Result<String> {

@@ -20,8 +20,6 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use tokio::process::Command;
 
-use shared::domain::Scope;
-
 use crate::process::{LogSink, Service};
 use crate::python::{self, Tools};
 use crate::template::{self, Infrastructure, QueueSpec};
@@ -579,16 +577,7 @@ impl Stack {
         let sqs_client = aws_sdk_sqs::Client::new(&aws_config(&sqs.url).await);
         let dynamodb_client = aws_sdk_dynamodb::Client::new(&aws_config(&dynamodb.url).await);
         create_table(&dynamodb_client, &infra).await?;
-        let keys =
-            shared::adapters::dynamodb::DynamoDbStore::new(dynamodb_client.clone(), TABLE_NAME);
-        crate::keys::register(&keys, &api_key, "local stack", &Scope::ALL).await?;
-        crate::keys::register(
-            &keys,
-            crate::keys::FIXTURE_API_KEY,
-            "event fixtures",
-            &Scope::ALL,
-        )
-        .await?;
+        crate::keys::register_stack_keys(dynamodb_client, TABLE_NAME, &api_key).await?;
         // A test stack on a LocalStack the user runs gets queues of its own,
         // deleted when it stops, so that it neither reconfigures nor drains the
         // user's `messages` queue (which a `cargo xtask dev` may be consuming).
