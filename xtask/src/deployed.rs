@@ -24,6 +24,11 @@ use crate::stack::{self, Endpoint, Options, Stack};
 /// The CloudFormation stack's name (`dev --deployed` and the tests alike).
 pub const STACK_NAME: &str = "messaging";
 
+/// What the emulator serves: the services of template.yaml's resources, and SSM
+/// (tests/tests/secrets.rs).
+const SERVICES: &str =
+    "cloudformation,s3,lambda,apigateway,iam,sts,logs,monitoring,sqs,dynamodb,secretsmanager,ssm";
+
 /// What `deploy.py` prints.
 #[derive(Deserialize)]
 struct Report {
@@ -60,7 +65,7 @@ pub async fn start(root: &Path, tools: &Tools, options: Options) -> Result<Stack
         .join(if release { "release" } else { "debug" });
     let mut services = Vec::new();
     let emulator =
-        stack::start_ministack(tools, ports.emulator, None, &sink, &mut services).await?;
+        stack::start_ministack(tools, ports.emulator, SERVICES, &sink, &mut services).await?;
     let aws = stack::aws_config(&emulator).await;
     // The secrets exist before the deploy, as on AWS (README, Deploying).
     stack::seed_secrets(&aws).await?;

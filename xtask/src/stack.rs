@@ -276,12 +276,12 @@ async fn probe_localstack(url: &str) -> Probe {
     }
 }
 
-/// Starts ministack serving `aws_services` (all it has: `None`) on `port`, or uses
-/// an emulator already listening there; returns its URL.
+/// Starts ministack serving `aws_services` on `port` (or uses an emulator already
+/// listening there); returns its URL.
 pub(crate) async fn start_ministack(
     tools: &Tools,
     port: u16,
-    aws_services: Option<&str>,
+    aws_services: &str,
     sink: &LogSink,
     services: &mut Vec<Service>,
 ) -> Result<String> {
@@ -298,12 +298,10 @@ pub(crate) async fn start_ministack(
         // call this emulator, and never the caller's provider credentials.
         .env("AWS_ENDPOINT_URL", &url)
         .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
-        .env_remove("AWS_ENDPOINT_URL_SQS");
+        .env_remove("AWS_ENDPOINT_URL_SQS")
+        .env("SERVICES", aws_services);
     for name in CREDENTIAL_VARIABLES {
         emulator.env_remove(name);
-    }
-    if let Some(aws_services) = aws_services {
-        emulator.env("SERVICES", aws_services);
     }
     let (service, _) = Service::start("emulator", emulator, sink, None, Duration::ZERO).await?;
     services.push(service);
@@ -450,14 +448,8 @@ async fn start_emulators(
     };
     let reuse = match emulator {
         Emulator::Ministack => {
-            let url = start_ministack(
-                tools,
-                ports.emulator,
-                Some(MINISTACK_SERVICES),
-                sink,
-                services,
-            )
-            .await?;
+            let url =
+                start_ministack(tools, ports.emulator, MINISTACK_SERVICES, sink, services).await?;
             return Ok((endpoint(&url, "ministack"), endpoint(&url, "ministack")));
         }
         Emulator::LocalStack { reuse } => reuse,
@@ -516,14 +508,8 @@ async fn start_emulators(
         }
     };
     // Everything but SQS stays on ministack, at AWS_ENDPOINT_URL (SQS there is idle).
-    let dynamodb = start_ministack(
-        tools,
-        ports.emulator,
-        Some(MINISTACK_SERVICES),
-        sink,
-        services,
-    )
-    .await?;
+    let dynamodb =
+        start_ministack(tools, ports.emulator, MINISTACK_SERVICES, sink, services).await?;
     println!(
         "xtask: SQS on LocalStack ({}), DynamoDB stays on ministack ({dynamodb}): {note}",
         sqs.url
