@@ -13,8 +13,7 @@ use crate::domain::access::Senders;
 use crate::adapters::dynamodb::DynamoDbStore;
 use crate::adapters::providers::{Providers, http_client};
 use crate::adapters::secrets::{
-    CredentialReader, WebhookReader, load_cursor_key, load_provider_credentials,
-    load_webhook_credentials,
+    load_cursor_key, load_provider_credentials, load_webhook_credentials,
 };
 use crate::adapters::sqs::SqsQueue;
 use crate::config::{Config, ConfigError};
@@ -63,8 +62,7 @@ impl Startup {
     pub async fn deliverer(
         &self,
     ) -> Result<Deliverer<DynamoDbStore, SqsQueue, Providers>, lambda_runtime::Error> {
-        let credentials = load_provider_credentials(&self.config, &self.aws).await?;
-        let reader = CredentialReader::new(&self.config, &self.aws)?;
+        let (reader, credentials) = load_provider_credentials(&self.config, &self.aws).await?;
         let client = http_client(self.config.delivery.provider_timeout)?;
         Ok(Deliverer::new(
             self.message_store(),
@@ -129,13 +127,13 @@ impl Startup {
     pub async fn webhooks(
         &self,
     ) -> Result<Webhooks<DynamoDbStore, SqsQueue>, lambda_runtime::Error> {
-        let credentials = load_webhook_credentials(&self.config, &self.aws).await?;
+        let (reader, credentials) = load_webhook_credentials(&self.config, &self.aws).await?;
         Ok(Webhooks::new(
             self.message_store(),
             self.keyword_replies()?,
             &credentials,
             &self.config.webhooks,
         )?
-        .reading(WebhookReader::new(&self.config, &self.aws)?))
+        .reading(reader))
     }
 }

@@ -72,12 +72,28 @@ pub async fn deliverer() -> Deliverer<DynamoDbStore, SqsQueue, Providers> {
     startup.deliverer().await.expect("delivery set-up")
 }
 
+/// Creates a secret named `<prefix>-<unique>` in the emulator holding `value`;
+/// returns its name and ARN.
+pub async fn create_secret(prefix: &str, value: &str) -> (String, String) {
+    let name = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+    let created = aws_sdk_secretsmanager::Client::new(&aws().await)
+        .create_secret()
+        .name(&name)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("create secret");
+    let arn = created.arn().expect("secret ARN").to_owned();
+    (name, arn)
+}
+
 /// The provider credentials the delivery function loads.
 pub async fn provider_credentials() -> ProviderCredentials {
     let config = Config::from_env().expect("configuration from the stack's environment");
     load_provider_credentials(&config, &aws().await)
         .await
         .expect("provider credentials")
+        .1
 }
 
 /// A queue of the test's own. The stack's queue has a consumer (the bridge, as the
@@ -208,6 +224,7 @@ pub async fn twilio_auth_token() -> String {
     shared::adapters::secrets::load_webhook_credentials(&config, &aws().await)
         .await
         .expect("webhook credentials")
+        .1
         .twilio_auth_token
 }
 

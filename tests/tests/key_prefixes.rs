@@ -373,7 +373,7 @@ async fn the_webhooks_and_delivery_touch_only_the_keys_their_policies_allow() {
 
     // Webhooks: a Twilio STOP and its repeat, a status callback for a sent SMS.
     let (store, recorder) = recording_store().await;
-    let credentials =
+    let (_, credentials) =
         shared::adapters::secrets::load_webhook_credentials(&startup.config, &aws().await)
             .await
             .unwrap();

@@ -58,15 +58,9 @@ fn provider_secret(token: &str, key: &str) -> String {
 
 /// A new secret holding `value`; returns its name.
 async fn create_secret(value: &str) -> String {
-    let name = format!("messaging-test/rotation-{}", uuid::Uuid::new_v4().simple());
-    aws_sdk_secretsmanager::Client::new(&aws().await)
-        .create_secret()
-        .name(&name)
-        .secret_string(value)
-        .send()
+    e2e_tests::create_secret("messaging-test/rotation", value)
         .await
-        .expect("create secret");
-    name
+        .0
 }
 
 /// The operator rotates: the secret gets the new value.

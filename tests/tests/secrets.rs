@@ -24,7 +24,9 @@ fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
 }
 
 async fn load(vars: &[(&str, &str)]) -> Result<ProviderCredentials, ConfigError> {
-    load_provider_credentials(&config(vars).expect("config"), &aws().await).await
+    load_provider_credentials(&config(vars).expect("config"), &aws().await)
+        .await
+        .map(|(_, credentials)| credentials)
 }
 
 fn expected(tag: &str) -> ProviderCredentials {
@@ -37,16 +39,7 @@ fn expected(tag: &str) -> ProviderCredentials {
 
 /// A new secret with this SecretString; returns its name and ARN.
 async fn create_secret(value: &str) -> (String, String) {
-    let name = format!("messaging-test/providers-{}", unique());
-    let created = aws_sdk_secretsmanager::Client::new(&aws().await)
-        .create_secret()
-        .name(&name)
-        .secret_string(value)
-        .send()
-        .await
-        .expect("create secret");
-    let arn = created.arn().expect("secret ARN").to_owned();
-    (name, arn)
+    e2e_tests::create_secret("messaging-test/providers", value).await
 }
 
 fn token(c: &ProviderCredentials) -> &str {

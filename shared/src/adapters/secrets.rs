@@ -124,15 +124,16 @@ impl std::fmt::Debug for WebhookCredentials {
     }
 }
 
-/// Reads the webhooks' credentials: the secret `WEBHOOK_SECRET_ID`, else (local
-/// development) `TWILIO_AUTH_TOKEN` and `SENDGRID_INBOUND_BASIC_AUTH`.
+/// The reader of the webhooks' credentials (the secret `WEBHOOK_SECRET_ID`, else,
+/// in local development, `TWILIO_AUTH_TOKEN` and `SENDGRID_INBOUND_BASIC_AUTH`) and
+/// what it reads at start-up.
 pub async fn load_webhook_credentials(
     config: &Config,
     aws: &SdkConfig,
-) -> Result<WebhookCredentials, ConfigError> {
+) -> Result<(WebhookReader, WebhookCredentials), ConfigError> {
     let webhooks = &config.webhooks;
     let result = match WebhookReader::new(config, aws) {
-        Ok(reader) => reader.read(false).await,
+        Ok(reader) => reader.read(false).await.map(|read| (reader, read)),
         Err(e) => Err(e),
     };
     match (&result, &webhooks.secret_id) {
@@ -373,24 +374,20 @@ impl WebhookReader {
     }
 }
 
-/// Reads the provider credentials from where `config` says; call once at start-up.
+/// The reader of the provider credentials `config` names, and the credentials it
+/// reads at start-up (its cache then serves the first sends: one read, not two).
 /// Logs the configuration's credential warning, if any, and where the credentials
 /// came from (never their values).
 pub async fn load_provider_credentials(
     config: &Config,
     aws: &SdkConfig,
-) -> Result<ProviderCredentials, ConfigError> {
+) -> Result<(CredentialReader, ProviderCredentials), ConfigError> {
     if let Some(warning) = &config.credential_warning {
         tracing::warn!("{warning}");
     }
-    let result = match &config.credentials {
-        CredentialSource::SecretsManager { secret_id } => {
-            from_secret(&aws_sdk_secretsmanager::Client::new(aws), secret_id).await
-        }
-        CredentialSource::ParameterStore { path } => {
-            from_parameter_path(&aws_sdk_ssm::Client::new(aws), path).await
-        }
-        source @ CredentialSource::Environment { .. } => from_environment(source),
+    let result = match CredentialReader::new(config, aws) {
+        Ok(reader) => reader.read(false).await.map(|read| (reader, read)),
+        Err(e) => Err(e),
     };
     let source = describe(&config.credentials);
     match &result {
@@ -410,16 +407,6 @@ fn describe(source: &CredentialSource) -> String {
         CredentialSource::ParameterStore { path } => format!("SSM parameter path {path:?}"),
         CredentialSource::Environment { .. } => "environment variables".to_owned(),
     }
-}
-
-/// A Secrets Manager secret (name or ARN) whose SecretString is the JSON object
-/// `{"twilio_account_sid": …, "twilio_auth_token": …, "sendgrid_api_key": …}`.
-pub async fn from_secret(
-    client: &aws_sdk_secretsmanager::Client,
-    secret_id: &str,
-) -> Result<ProviderCredentials, ConfigError> {
-    let (location, text) = secret_string(client, secret_id, &SECRET_KEYS).await?;
-    parse_secret(&location, &text)
 }
 
 /// A secret's SecretString, with the secret's description for errors.
