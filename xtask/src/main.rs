@@ -575,7 +575,14 @@ async fn test(args: &[String]) -> Result<()> {
         Emulator::LocalStack { .. } => (1, "LocalStack"),
         Emulator::Deployed => (1, "template.yaml deployed into ministack"),
     };
-    println!("\nxtask: ===== run 1/{runs}: every test, then the OpenAPI check, on {on} =====");
+    let faults = if emulator == Emulator::Deployed {
+        "the fault-injection suite, "
+    } else {
+        ""
+    };
+    println!(
+        "\nxtask: ===== run 1/{runs}: every test, then {faults}the OpenAPI check, on {on} ====="
+    );
     // Everything but the fault-injection suite (it is #[ignore]d: it changes the
     // simulator's global settings and kills delivery processes, whose crash only
     // a deployed stack recovers from as AWS does: fresh execution environments).
