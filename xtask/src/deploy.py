@@ -134,7 +134,7 @@ def main():
 
     stand_ins = single_metric_alarms(template)
 
-    # The code: one zip per function in the emulator's S3, named by content.
+    # The code: one zip per function in the emulator's S3, under the stack's name.
     s3 = client("s3")
     s3.create_bucket(Bucket=BUCKET)
     for logical_id, binary in functions(template):
@@ -145,11 +145,17 @@ def main():
     cloudformation = client("cloudformation")
     # An earlier run's stack, on an emulator that is still running, goes first.
     cloudformation.delete_stack(StackName=args.stack)
-    while any(
-        s["StackStatus"] != "DELETE_COMPLETE"
-        for s in cloudformation.list_stacks()["StackSummaries"]
-        if s["StackName"] == args.stack
-    ):
+    deadline = time.monotonic() + 60
+    while True:
+        left = [
+            s["StackStatus"]
+            for s in cloudformation.list_stacks()["StackSummaries"]
+            if s["StackName"] == args.stack and s["StackStatus"] != "DELETE_COMPLETE"
+        ]
+        if not left:
+            break
+        if "DELETE_FAILED" in left or time.monotonic() > deadline:
+            sys.exit(f"the earlier stack {args.stack} could not be deleted: {left}")
         time.sleep(0.5)
     cloudformation.create_stack(
         StackName=args.stack,
