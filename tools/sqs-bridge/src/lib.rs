@@ -304,8 +304,7 @@ async fn invoke_http(
     Ok(body.to_vec())
 }
 
-/// Polls until `shutdown` resolves, then lets in-flight batches finish (bounded) and
-/// stops the function processes (in `--function-binary` mode).
+/// Polls until `shutdown` resolves, then lets in-flight batches finish (bounded).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Environment, then profile, then us-east-1: no IMDS probe for a local tool.
     let region = RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
